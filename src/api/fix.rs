@@ -1,0 +1,141 @@
+//! FixService: record, get, list and update fixes, and their links to the
+//! findings they address.
+
+use tonic::{Request, Response, Status};
+
+use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
+use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_PATH_BYTES, MAX_TEXT_BYTES};
+use super::{convert, to_status};
+use crate::paths;
+use crate::pb::fix_service_server::FixService;
+use crate::pb::{self, FixStatus};
+use crate::storage::fixes::{self, FixChanges, FixFilter};
+use crate::storage::models::NewFixRow;
+use crate::storage::{Storage, now_micros};
+
+/// Most findings one fix may link to.
+const MAX_LINKED_FINDINGS: usize = 10_000;
+
+pub struct FixApi {
+    storage: Storage,
+}
+
+impl FixApi {
+    pub fn new(storage: Storage) -> Self {
+        FixApi { storage }
+    }
+}
+
+fn finding_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
+    if ids.len() > MAX_LINKED_FINDINGS {
+        return Err(super::invalid_argument(
+            field,
+            format!("has {} ids, more than the limit of {MAX_LINKED_FINDINGS}", ids.len()),
+        ));
+    }
+    ids.iter()
+        .enumerate()
+        .map(|(index, &id)| validate::id(&format!("{field}[{index}]"), id))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl FixService for FixApi {
+    async fn record_fix(
+        &self,
+        request: Request<pb::RecordFixRequest>,
+    ) -> Result<Response<pb::Fix>, Status> {
+        let request = request.into_inner();
+        let crew_output_id = validate::id("crew_output_id", request.crew_output_id)?;
+        validate::required("file_path", &request.file_path, MAX_PATH_BYTES)?;
+        validate::limited("description", &request.description, MAX_TEXT_BYTES)?;
+        let changes = validate::document("changes", request.changes.as_ref(), MAX_DOCUMENT_BYTES)?;
+        let status = validate::enum_value("status", request.status)?.unwrap_or(FixStatus::Proposed);
+        let linked = finding_ids("finding_ids", &request.finding_ids)?;
+
+        let now = now_micros();
+        let row = NewFixRow {
+            crew_output_id,
+            file_path: paths::normalize(&request.file_path),
+            description: request.description,
+            changes,
+            status: status as i32,
+            created_at: now,
+            updated_at: now,
+        };
+        let stored = self
+            .storage
+            .run(move |conn| fixes::insert(conn, row, linked))
+            .await
+            .map_err(to_status)?;
+
+        tracing::info!(fix.id = stored.fix.id, crew_output.id = crew_output_id, "recorded fix");
+        Ok(Response::new(convert::fix(stored)))
+    }
+
+    async fn get_fix(&self, request: Request<pb::GetFixRequest>) -> Result<Response<pb::Fix>, Status> {
+        let id = validate::id("id", request.into_inner().id)?;
+        let stored = self
+            .storage
+            .run(move |conn| fixes::get(conn, id))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::fix(stored)))
+    }
+
+    async fn list_fixes(
+        &self,
+        request: Request<pb::ListFixesRequest>,
+    ) -> Result<Response<pb::ListFixesResponse>, Status> {
+        let request = request.into_inner();
+        let filter = FixFilter {
+            crew_output_id: validate::optional_id("crew_output_id", request.crew_output_id)?,
+            file_path: validate::filter_text("file_path", &request.file_path, MAX_PATH_BYTES)?
+                .map(|path| paths::normalize(&path)),
+            status: validate::enum_value::<FixStatus>("status", request.status)?
+                .map(|status| status as i32),
+        };
+        let page = page_request(&filter, request.page_size, &request.page_token, DEFAULT_PAGE_SIZE)?;
+
+        let query_filter = filter.clone();
+        let found = self
+            .storage
+            .run(move |conn| fixes::list(conn, &query_filter, page))
+            .await
+            .map_err(to_status)?;
+
+        Ok(Response::new(pb::ListFixesResponse {
+            next_page_token: encode_token(&filter, found.next),
+            total_size: found.total,
+            fixes: found.items.into_iter().map(convert::fix).collect(),
+        }))
+    }
+
+    async fn update_fix(
+        &self,
+        request: Request<pb::UpdateFixRequest>,
+    ) -> Result<Response<pb::Fix>, Status> {
+        let request = request.into_inner();
+        let id = validate::id("id", request.id)?;
+        validate::limited("description", &request.description, MAX_TEXT_BYTES)?;
+        let changes = FixChanges {
+            status: validate::enum_value::<FixStatus>("status", request.status)?
+                .map(|status| status as i32),
+            description: (!request.description.is_empty()).then_some(request.description),
+            finding_ids: if request.replace_finding_ids {
+                Some(finding_ids("finding_ids", &request.finding_ids)?)
+            } else {
+                None
+            },
+        };
+
+        let stored = self
+            .storage
+            .run(move |conn| fixes::update(conn, id, changes))
+            .await
+            .map_err(to_status)?;
+
+        tracing::info!(fix.id = id, status = stored.fix.status, "updated fix");
+        Ok(Response::new(convert::fix(stored)))
+    }
+}

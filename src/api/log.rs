@@ -1,0 +1,308 @@
+//! LogService: streaming, idempotent log ingest and log queries.
+//!
+//! `IngestLogs` validates entries on the async side and hands batches to one
+//! writer task through a channel of two batches. When the database falls
+//! behind, the channel fills, the handler stops reading the stream, and
+//! HTTP/2 flow control slows the client, so memory stays bounded however
+//! long the stream is.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, timestamp_to_micros};
+use super::paging::{encode_token, page_request};
+use super::validate::{self, MAX_METADATA_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
+use super::{invalid_argument, to_status};
+use crate::levels;
+use crate::pb::log_service_server::LogService;
+use crate::pb;
+use crate::storage::logs::{self, LogFilter};
+use crate::storage::models::NewLogEntryRow;
+use crate::storage::{Storage, StorageError, now_micros};
+
+/// Entries per write transaction.
+const BATCH_ROWS: usize = 1_000;
+/// Longest time a partial batch waits for more entries before it is written.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Rejections listed in the response; `rejected_count` counts them all.
+const MAX_LISTED_REJECTIONS: usize = 1_000;
+/// Default page size of QueryLogs.
+const LOG_PAGE_SIZE: i32 = 100;
+
+pub struct LogApi {
+    storage: Storage,
+}
+
+impl LogApi {
+    pub fn new(storage: Storage) -> Self {
+        LogApi { storage }
+    }
+}
+
+/// Entries waiting to be written, with their positions in the stream.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<NewLogEntryRow>,
+    positions: Vec<i64>,
+}
+
+/// Running totals of one stream.
+#[derive(Default)]
+struct Tally {
+    accepted: i64,
+    duplicates: i64,
+    rejected: i64,
+    rejections: Vec<pb::RejectedEntry>,
+}
+
+impl Tally {
+    fn reject(&mut self, position: i64, entry_id: &str, field: &str, reason: String) {
+        self.rejected += 1;
+        if self.rejections.len() < MAX_LISTED_REJECTIONS {
+            self.rejections.push(pb::RejectedEntry {
+                position,
+                entry_id: entry_id.to_string(),
+                field: field.to_string(),
+                reason,
+            });
+        }
+    }
+}
+
+/// Why an entry is invalid: the field and the reason.
+type EntryError = (&'static str, String);
+
+fn limit_error(len: usize, max: usize) -> String {
+    format!("is {len} bytes, more than the limit of {max}")
+}
+
+/// Validates one entry and builds its row.
+fn entry_row(entry: pb::NewLogEntry, received_at: i64) -> Result<NewLogEntryRow, EntryError> {
+    if entry.entry_id.len() > MAX_NAME_BYTES {
+        return Err(("entry_id", limit_error(entry.entry_id.len(), MAX_NAME_BYTES)));
+    }
+    let Some(severity_number) = levels::severity_number(&entry.level) else {
+        let reason = if entry.level.trim().is_empty() {
+            "is required".to_string()
+        } else {
+            format!("{:?} is not a level name of Python logging, log4j, syslog or OpenTelemetry", entry.level)
+        };
+        return Err(("level", reason));
+    };
+    if entry.message.is_empty() {
+        return Err(("message", "is required".to_string()));
+    }
+    if entry.message.len() > MAX_TEXT_BYTES {
+        return Err(("message", limit_error(entry.message.len(), MAX_TEXT_BYTES)));
+    }
+    if entry.crew_name.len() > MAX_NAME_BYTES {
+        return Err(("crew_name", limit_error(entry.crew_name.len(), MAX_NAME_BYTES)));
+    }
+    if entry.crew_output_id < 0 {
+        return Err(("crew_output_id", format!("must not be negative, got {}", entry.crew_output_id)));
+    }
+    let timestamp = match &entry.timestamp {
+        Some(timestamp) => {
+            timestamp_to_micros(timestamp).ok_or(("timestamp", "is not a valid timestamp".to_string()))?
+        }
+        None => received_at,
+    };
+    let metadata = match &entry.metadata {
+        None => "{}".to_string(),
+        Some(metadata) => {
+            let json = convert::struct_to_json(metadata).map_err(|error| ("metadata", error.to_string()))?;
+            let text = json.to_string();
+            if text.len() > MAX_METADATA_BYTES {
+                return Err(("metadata", format!("{} as JSON", limit_error(text.len(), MAX_METADATA_BYTES))));
+            }
+            text
+        }
+    };
+    Ok(NewLogEntryRow {
+        entry_id: (!entry.entry_id.is_empty()).then_some(entry.entry_id),
+        crew_output_id: (entry.crew_output_id != 0).then_some(entry.crew_output_id),
+        timestamp,
+        level: entry.level,
+        severity_number,
+        message: entry.message,
+        crew_name: entry.crew_name,
+        metadata,
+        created_at: received_at,
+        updated_at: received_at,
+    })
+}
+
+/// Writes batches in order until the channel closes or a write fails.
+async fn write_batches(storage: Storage, mut batches: mpsc::Receiver<Batch>) -> Result<Tally, StorageError> {
+    let mut tally = Tally::default();
+    while let Some(batch) = batches.recv().await {
+        let Batch { rows, positions } = batch;
+        let (rows, outcome) = storage
+            .run(move |conn| logs::insert_batch(conn, &rows).map(|outcome| (rows, outcome)))
+            .await?;
+        tally.accepted += outcome.inserted as i64;
+        tally.duplicates += outcome.duplicates as i64;
+        for index in outcome.missing_crew_output {
+            let row = &rows[index];
+            tally.reject(
+                positions[index],
+                row.entry_id.as_deref().unwrap_or_default(),
+                "crew_output_id",
+                format!("crew output {} not found", row.crew_output_id.unwrap_or_default()),
+            );
+        }
+    }
+    Ok(tally)
+}
+
+#[tonic::async_trait]
+impl LogService for LogApi {
+    async fn ingest_logs(
+        &self,
+        request: Request<Streaming<pb::IngestLogsRequest>>,
+    ) -> Result<Response<pb::IngestLogsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let (sender, receiver) = mpsc::channel::<Batch>(2);
+        let writer = tokio::spawn(write_batches(self.storage.clone(), receiver));
+
+        let mut invalid = Tally::default();
+        let mut batch = Batch::default();
+        let mut position: i64 = 0;
+        let mut stream_error: Option<Status> = None;
+        loop {
+            // A partial batch is written when the client pauses, so entries
+            // of a slow stream are stored within FLUSH_INTERVAL.
+            let next = if batch.rows.is_empty() {
+                stream.next().await
+            } else {
+                match tokio::time::timeout(FLUSH_INTERVAL, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if sender.send(std::mem::take(&mut batch)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let message = match next {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    stream_error = Some(error);
+                    break;
+                }
+            };
+            if message.entries.len() > validate::MAX_BATCH_ITEMS {
+                stream_error = Some(invalid_argument(
+                    "entries",
+                    format!(
+                        "a message has {} entries, more than the limit of {}",
+                        message.entries.len(),
+                        validate::MAX_BATCH_ITEMS
+                    ),
+                ));
+                break;
+            }
+
+            let received_at = now_micros();
+            for entry in message.entries {
+                let entry_id = entry.entry_id.clone();
+                match entry_row(entry, received_at) {
+                    Ok(row) => {
+                        batch.rows.push(row);
+                        batch.positions.push(position);
+                    }
+                    Err((field, reason)) => invalid.reject(position, &entry_id, field, reason),
+                }
+                position += 1;
+            }
+            if batch.rows.len() >= BATCH_ROWS && sender.send(std::mem::take(&mut batch)).await.is_err() {
+                break;
+            }
+        }
+        if !batch.rows.is_empty() {
+            // The writer may have stopped on an error; it reports that below.
+            let _ = sender.send(batch).await;
+        }
+        drop(sender);
+
+        let written = writer
+            .await
+            .map_err(|error| {
+                tracing::error!(error = %error, "log writer task failed");
+                Status::internal("internal error")
+            })?
+            .map_err(to_status)?;
+        if let Some(error) = stream_error {
+            tracing::info!(
+                stored = written.accepted,
+                received = position,
+                error = %error,
+                "log stream ended early; stored entries stay stored"
+            );
+            return Err(error);
+        }
+
+        let mut rejections = invalid.rejections;
+        rejections.extend(written.rejections);
+        rejections.sort_by_key(|rejection| rejection.position);
+        rejections.truncate(MAX_LISTED_REJECTIONS);
+        let response = pb::IngestLogsResponse {
+            accepted_count: written.accepted,
+            duplicate_count: written.duplicates,
+            rejected_count: invalid.rejected + written.rejected,
+            rejections,
+        };
+        tracing::info!(
+            accepted = response.accepted_count,
+            duplicates = response.duplicate_count,
+            rejected = response.rejected_count,
+            "ingested log stream"
+        );
+        Ok(Response::new(response))
+    }
+
+    async fn query_logs(
+        &self,
+        request: Request<pb::QueryLogsRequest>,
+    ) -> Result<Response<pb::QueryLogsResponse>, Status> {
+        let request = request.into_inner();
+        let min_severity = if request.min_level.is_empty() {
+            None
+        } else {
+            Some(levels::severity_number(&request.min_level).ok_or_else(|| {
+                invalid_argument("min_level", format!("{:?} is not a known level name", request.min_level))
+            })?)
+        };
+        let filter = LogFilter {
+            start_time: validate::timestamp("start_time", request.start_time.as_ref())?,
+            end_time: validate::timestamp("end_time", request.end_time.as_ref())?,
+            min_severity,
+            crew_name: validate::filter_text("crew_name", &request.crew_name, MAX_NAME_BYTES)?,
+            crew_output_id: validate::optional_id("crew_output_id", request.crew_output_id)?,
+            message_contains: validate::filter_text(
+                "message_contains",
+                &request.message_contains,
+                MAX_NAME_BYTES,
+            )?,
+        };
+        let page = page_request(&filter, request.page_size, &request.page_token, LOG_PAGE_SIZE)?;
+
+        let query_filter = filter.clone();
+        let found = self
+            .storage
+            .run(move |conn| logs::query(conn, &query_filter, page))
+            .await
+            .map_err(to_status)?;
+
+        Ok(Response::new(pb::QueryLogsResponse {
+            next_page_token: encode_token(&filter, found.next),
+            total_size: found.total,
+            entries: found.items.into_iter().map(convert::log_entry).collect(),
+        }))
+    }
+}

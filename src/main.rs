@@ -1,0 +1,133 @@
+//! The `code-analyzer` command: `serve`, `migrate`, and the client
+//! subcommands `import-sarif`, `push-logs` and `history`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use code_analyzer::client::{self, history::HistoryArgs, import_sarif::ImportSarifArgs, push_logs::PushLogsArgs};
+use code_analyzer::config::{DatabaseArgs, LogFormat, ServeArgs};
+use code_analyzer::server::{self, ServerOptions};
+use code_analyzer::storage::Storage;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "code-analyzer", version, about = "gRPC record server for code-analysis crews")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve gRPC until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Import a SARIF 2.1.0 log (plain or gzip) into a running server.
+    ImportSarif(ImportSarifArgs),
+    /// Send a JSON Lines log file to a running server.
+    PushLogs(PushLogsArgs),
+    /// Print the findings and fixes of one file across all runs.
+    History(HistoryArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Opens the database and applies pending migrations on a blocking thread.
+async fn open_and_migrate(database: &DatabaseArgs) -> Result<(Storage, Vec<String>), String> {
+    let storage = Storage::open(&database.database_url, &database.pool_options())?;
+    let migrating = storage.clone();
+    let applied = tokio::task::spawn_blocking(move || migrating.migrate())
+        .await
+        .map_err(|error| format!("migration task failed: {error}"))??;
+    Ok((storage, applied))
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => tracing::info!("received SIGINT"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+        tracing::info!("received Ctrl-C");
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    init_tracing(args.log_format);
+    let (storage, applied) = open_and_migrate(&args.database).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %address,
+        backend = storage.backend().name(),
+        migrations_applied = ?applied,
+        tls = false,
+        auth = "none",
+        "code-analyzer listening on {address}"
+    );
+
+    let options = ServerOptions {
+        max_message_bytes: args.max_message_bytes,
+        max_sarif_bytes: args.max_sarif_bytes,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
+    server::serve(storage, options, listener, shutdown_signal())
+        .await
+        .map_err(|error| format!("server failed: {error}"))
+}
+
+async fn migrate(args: DatabaseArgs) -> Result<(), String> {
+    init_tracing(LogFormat::Text);
+    let (storage, applied) = open_and_migrate(&args).await?;
+    if applied.is_empty() {
+        println!("The {} database is up to date.", storage.backend().name());
+    } else {
+        println!("Applied {} migrations: {}", applied.len(), applied.join(", "));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::ImportSarif(args) => client::import_sarif::run(args).await.map_err(|error| error.to_string()),
+        Command::PushLogs(args) => client::push_logs::run(args).await.map_err(|error| error.to_string()),
+        Command::History(args) => client::history::run(args).await.map_err(|error| error.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

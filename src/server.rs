@@ -1,0 +1,119 @@
+//! The tonic server: the four record services, health and reflection, with
+//! message limits and graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::analysis::AnalysisApi;
+use crate::api::crew::CrewApi;
+use crate::api::fix::FixApi;
+use crate::api::log::LogApi;
+use crate::pb;
+use crate::pb::analysis_service_server::AnalysisServiceServer;
+use crate::pb::crew_service_server::CrewServiceServer;
+use crate::pb::fix_service_server::FixServiceServer;
+use crate::pb::log_service_server::LogServiceServer;
+use crate::storage::Storage;
+
+/// Settings of a running server that do not concern the database.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub max_message_bytes: usize,
+    pub max_sarif_bytes: usize,
+    /// How long calls in flight may take to finish once shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_message_bytes: 16 * 1024 * 1024,
+            max_sarif_bytes: 256 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting
+/// calls, marks health NOT_SERVING, and gives calls in flight the grace
+/// period to finish. The database must already be migrated.
+pub async fn serve(
+    storage: Storage,
+    options: ServerOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<CrewServiceServer<CrewApi>>().await;
+    health_reporter.set_serving::<AnalysisServiceServer<AnalysisApi>>().await;
+    health_reporter.set_serving::<FixServiceServer<FixApi>>().await;
+    health_reporter.set_serving::<LogServiceServer<LogApi>>().await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let limit = options.max_message_bytes;
+    let crew = CrewServiceServer::new(CrewApi::new(storage.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let analysis = AnalysisServiceServer::new(AnalysisApi::new(storage.clone(), options.max_sarif_bytes))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let fix = FixServiceServer::new(FixApi::new(storage.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let log = LogServiceServer::new(LogApi::new(storage))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let grace = options.shutdown_grace;
+    let (drain_sender, drain_receiver) = tokio::sync::oneshot::channel::<()>();
+    let reporter = health_reporter.clone();
+    let stop_accepting = async move {
+        shutdown.await;
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: refusing new calls");
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        reporter.set_not_serving::<CrewServiceServer<CrewApi>>().await;
+        reporter.set_not_serving::<AnalysisServiceServer<AnalysisApi>>().await;
+        reporter.set_not_serving::<FixServiceServer<FixApi>>().await;
+        reporter.set_not_serving::<LogServiceServer<LogApi>>().await;
+        let _ = drain_sender.send(());
+    };
+
+    let incoming = TcpListenerStream::new(listener);
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(crew)
+        .add_service(analysis)
+        .add_service(fix)
+        .add_service(log)
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
+
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        _ = async {
+            let _ = drain_receiver.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the grace period were cut off");
+        }
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Queries of `code_analysis_results`: the findings of each crew output.
+
+use diesel::prelude::*;
+
+use super::models::{FindingRow, NewFindingRow};
+use super::paging::{Cursor, Page, PageRequest};
+use super::schema::code_analysis_results as findings;
+use super::{Conn, StorageError, crew_outputs, now_micros, transaction, with_conn};
+
+/// Rows per multi-row `INSERT` on PostgreSQL: 16 columns each keeps a
+/// statement under the protocol's limit of 65,535 bind parameters.
+const POSTGRES_INSERT_CHUNK: usize = 2_000;
+
+/// Filters of `list`; `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct FindingFilter {
+    pub crew_output_id: Option<i64>,
+    pub file_path: Option<String>,
+    pub file_path_prefix: Option<String>,
+    pub min_priority: Option<i32>,
+    pub status: Option<i32>,
+    pub rule_id: Option<String>,
+}
+
+/// Escapes `%`, `_` and `\` so that `text` matches itself in a `LIKE`
+/// pattern whose escape character is `\`.
+pub fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 1);
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(ch);
+    }
+    escaped
+}
+
+/// Inserts findings of existing crew outputs and returns their ids in the
+/// order of `rows`. Call it inside a transaction: a batch is all or nothing.
+pub fn insert_rows(conn: &mut Conn, rows: &[NewFindingRow]) -> Result<Vec<i64>, StorageError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    match conn {
+        // SQLite: one cached prepared statement per row is as fast as a
+        // multi-row statement and keeps `RETURNING` simple.
+        Conn::Sqlite(c) => {
+            for row in rows {
+                let id = diesel::insert_into(findings::table)
+                    .values(row)
+                    .returning(findings::id)
+                    .get_result::<i64>(&mut **c)?;
+                ids.push(id);
+            }
+        }
+        // PostgreSQL: a round trip per row would dominate, so rows go in
+        // multi-row statements. Identity values follow the VALUES order.
+        Conn::Postgres(c) => {
+            for chunk in rows.chunks(POSTGRES_INSERT_CHUNK) {
+                let mut chunk_ids = diesel::insert_into(findings::table)
+                    .values(chunk)
+                    .returning(findings::id)
+                    .get_results::<i64>(&mut **c)?;
+                chunk_ids.sort_unstable();
+                ids.extend(chunk_ids);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Stores a batch of findings for one crew output in one transaction.
+pub fn insert_batch(
+    conn: &mut Conn,
+    crew_output_id: i64,
+    rows: Vec<NewFindingRow>,
+) -> Result<Vec<FindingRow>, StorageError> {
+    transaction(conn, |conn| {
+        crew_outputs::ensure_exists(conn, crew_output_id)?;
+        let ids = insert_rows(conn, &rows)?;
+        Ok(rows
+            .into_iter()
+            .zip(ids)
+            .map(|(row, id)| stored_row(id, row))
+            .collect())
+    })
+}
+
+fn stored_row(id: i64, row: NewFindingRow) -> FindingRow {
+    FindingRow {
+        id,
+        crew_output_id: row.crew_output_id,
+        file_path: row.file_path,
+        rule_id: row.rule_id,
+        message: row.message,
+        priority: row.priority,
+        status: row.status,
+        status_reason: row.status_reason,
+        start_line: row.start_line,
+        end_line: row.end_line,
+        start_column: row.start_column,
+        end_column: row.end_column,
+        fingerprint: row.fingerprint,
+        fingerprint_version: row.fingerprint_version,
+        analysis: row.analysis,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+pub fn get(conn: &mut Conn, id: i64) -> Result<FindingRow, StorageError> {
+    with_conn!(conn, c => {
+        findings::table
+            .find(id)
+            .select(FindingRow::as_select())
+            .first(c)
+            .optional()?
+            .ok_or_else(|| StorageError::not_found("finding", id))
+    })
+}
+
+macro_rules! filtered {
+    ($filter:expr) => {{
+        let filter = $filter;
+        let mut query = findings::table.into_boxed();
+        if let Some(id) = filter.crew_output_id {
+            query = query.filter(findings::crew_output_id.eq(id));
+        }
+        if let Some(path) = &filter.file_path {
+            query = query.filter(findings::file_path.eq(path));
+        }
+        if let Some(prefix) = &filter.file_path_prefix {
+            let pattern = format!("{}%", escape_like(prefix));
+            query = query.filter(findings::file_path.like(pattern).escape('\\'));
+        }
+        if let Some(priority) = filter.min_priority {
+            query = query.filter(findings::priority.ge(priority));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(findings::status.eq(status));
+        }
+        if let Some(rule_id) = &filter.rule_id {
+            query = query.filter(findings::rule_id.eq(rule_id));
+        }
+        query
+    }};
+}
+
+/// Lists findings in the order they were recorded (by id).
+pub fn list(
+    conn: &mut Conn,
+    filter: &FindingFilter,
+    page: PageRequest,
+) -> Result<Page<FindingRow>, StorageError> {
+    with_conn!(conn, c => {
+        let total: i64 = filtered!(filter).count().get_result(c)?;
+        let mut query = filtered!(filter);
+        if let Some(after) = page.after {
+            query = query.filter(findings::id.gt(after.id));
+        }
+        let rows = query
+            .order(findings::id.asc())
+            .limit(page.size + 1)
+            .select(FindingRow::as_select())
+            .load(c)?;
+        Ok(Page::from_rows(rows, page, total, |row: &FindingRow| Cursor {
+            key: row.id,
+            id: row.id,
+        }))
+    })
+}
+
+/// Sets the status and its reason.
+pub fn update_status(
+    conn: &mut Conn,
+    id: i64,
+    status: i32,
+    reason: &str,
+) -> Result<FindingRow, StorageError> {
+    with_conn!(conn, c => {
+        diesel::update(findings::table.find(id))
+            .set((
+                findings::status.eq(status),
+                findings::status_reason.eq(reason),
+                findings::updated_at.eq(now_micros()),
+            ))
+            .returning(FindingRow::as_returning())
+            .get_result(c)
+            .optional()?
+            .ok_or_else(|| StorageError::not_found("finding", id))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_like;
+
+    #[test]
+    fn like_escapes_wildcards() {
+        assert_eq!(escape_like("lib/a_b%c\\d"), "lib/a\\_b\\%c\\\\d");
+        assert_eq!(escape_like("src/"), "src/");
+    }
+}

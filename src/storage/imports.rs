@@ -1,0 +1,57 @@
+//! Bulk import of whole runs (SARIF logs): crew outputs, findings, fixes and
+//! their links, all in one transaction.
+
+use std::collections::BTreeSet;
+
+use super::models::{FixFindingRow, NewCrewOutputRow, NewFindingRow, NewFixRow};
+use super::{Conn, StorageError, crew_outputs, findings, fixes, transaction};
+
+/// One run to import. `fixes` pairs each fix with the index of its finding
+/// in `findings`; `crew_output_id` of the rows is filled in on insert.
+#[derive(Debug, Clone)]
+pub struct RunImport {
+    pub crew_output: NewCrewOutputRow,
+    pub findings: Vec<NewFindingRow>,
+    pub fixes: Vec<(usize, NewFixRow)>,
+}
+
+/// What one imported run stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedRun {
+    pub crew_output_id: i64,
+    pub finding_count: usize,
+    pub fix_count: usize,
+    pub file_paths: BTreeSet<String>,
+}
+
+pub fn import_runs(conn: &mut Conn, runs: Vec<RunImport>) -> Result<Vec<ImportedRun>, StorageError> {
+    transaction(conn, |conn| {
+        let mut imported = Vec::with_capacity(runs.len());
+        for mut run in runs {
+            let crew_output_id = crew_outputs::insert(conn, &run.crew_output)?.id;
+            for finding in &mut run.findings {
+                finding.crew_output_id = crew_output_id;
+            }
+            let finding_ids = findings::insert_rows(conn, &run.findings)?;
+
+            let mut links = Vec::with_capacity(run.fixes.len());
+            for (finding_index, fix) in &mut run.fixes {
+                fix.crew_output_id = crew_output_id;
+                let fix_id = fixes::insert_row(conn, fix)?;
+                links.push(FixFindingRow {
+                    fix_id,
+                    finding_id: finding_ids[*finding_index],
+                });
+            }
+            fixes::insert_links(conn, &links)?;
+
+            imported.push(ImportedRun {
+                crew_output_id,
+                finding_count: run.findings.len(),
+                fix_count: run.fixes.len(),
+                file_paths: run.findings.iter().map(|finding| finding.file_path.clone()).collect(),
+            });
+        }
+        Ok(imported)
+    })
+}

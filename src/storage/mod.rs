@@ -1,0 +1,332 @@
+//! The storage layer: the connection pool of either backend, the blocking
+//! helper that runs Diesel off the async runtime, migrations and the
+//! storage error. One file per table holds that table's queries.
+//!
+//! Both backends share one body of query code. `with_conn!` expands a block
+//! once for `SqliteConnection` and once for `PgConnection`, so Diesel checks
+//! every query against both backends and features such as `ON CONFLICT` and
+//! `RETURNING` stay available, which Diesel's `MultiConnection` derive does
+//! not offer. `transaction` wraps a closure over `Conn`, so storage
+//! functions compose inside one transaction.
+
+pub mod crew_outputs;
+pub mod findings;
+pub mod fixes;
+pub mod history;
+pub mod imports;
+pub mod logs;
+pub mod models;
+pub mod paging;
+pub mod schema;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use tracing::Instrument;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Runs `$body` with `$c` bound to the concrete connection of either backend.
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::storage::Conn::Sqlite($c) => {
+                let $c: &mut diesel::sqlite::SqliteConnection = &mut *$c;
+                $body
+            }
+            $crate::storage::Conn::Postgres($c) => {
+                let $c: &mut diesel::pg::PgConnection = &mut *$c;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use with_conn;
+
+/// Failures of the storage layer. `api::status` maps each variant to a gRPC
+/// status without a catch-all arm.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("no database connection became free within {0:?}")]
+    PoolTimeout(Duration),
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+impl StorageError {
+    pub fn not_found(resource: &'static str, id: impl ToString) -> Self {
+        StorageError::NotFound {
+            resource,
+            id: id.to_string(),
+        }
+    }
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Splits a database URL into its backend and the string Diesel connects
+/// with. `sqlite://PATH`, `sqlite:PATH` and a bare path select SQLite;
+/// `postgres://` and `postgresql://` select PostgreSQL.
+pub fn parse_database_url(url: &str) -> Result<(Backend, String), String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_string()));
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if path.is_empty() {
+        return Err(format!(
+            "database URL {url:?} names no file; use sqlite://PATH or postgres://HOST/DB"
+        ));
+    }
+    if path.contains("://") {
+        return Err(format!(
+            "database URL {url:?} has an unsupported scheme; use sqlite://PATH or postgres://HOST/DB"
+        ));
+    }
+    Ok((Backend::Sqlite, path.to_string()))
+}
+
+/// Pool settings chosen by the operator.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_size: u32,
+    pub connection_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_size: 8,
+            connection_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Sets the pragmas every SQLite connection needs: a busy timeout so writers
+/// queue instead of failing (first, because switching to WAL takes a lock
+/// that connections opened at the same time contend for), WAL so readers do
+/// not block the writer, `synchronous=FULL` so an acknowledged write survives
+/// a power loss, foreign keys for the cascading deletes, and case-sensitive
+/// `LIKE` to match PostgreSQL.
+#[derive(Debug)]
+struct SqlitePragmas {
+    busy_timeout: Duration,
+}
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        let pragmas = format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON;",
+            self.busy_timeout.as_millis()
+        );
+        conn.batch_execute(&pragmas)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Pool settings shared by both backends. Connections are checked when they
+/// fail rather than on every checkout, which would cost a round trip per call.
+fn pool_builder<M: diesel::r2d2::ManageConnection>(
+    options: &PoolOptions,
+) -> diesel::r2d2::Builder<M> {
+    diesel::r2d2::Pool::builder()
+        .max_size(options.max_size)
+        .min_idle(Some(1))
+        .connection_timeout(options.connection_timeout)
+        .test_on_check_out(false)
+}
+
+type SqlitePool = diesel::r2d2::Pool<ConnectionManager<SqliteConnection>>;
+type PgPool = diesel::r2d2::Pool<ConnectionManager<PgConnection>>;
+
+/// A pooled connection of either backend.
+pub enum Conn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The database behind the server: a pool of one backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    pool: Pool,
+    connection_timeout: Duration,
+}
+
+impl Storage {
+    /// Opens a pool on `database_url`. Connections are made lazily, so this
+    /// fails only on a malformed URL; `migrate` is the first real connection.
+    pub fn open(database_url: &str, options: &PoolOptions) -> Result<Storage, String> {
+        let (backend, target) = parse_database_url(database_url)?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                let manager = ConnectionManager::<SqliteConnection>::new(target);
+                let pool = pool_builder(options)
+                    .connection_customizer(Box::new(SqlitePragmas {
+                        busy_timeout: options.connection_timeout,
+                    }))
+                    .build_unchecked(manager);
+                Pool::Sqlite(pool)
+            }
+            Backend::Postgres => {
+                let manager = ConnectionManager::<PgConnection>::new(target);
+                Pool::Postgres(pool_builder(options).build_unchecked(manager))
+            }
+        };
+        Ok(Storage {
+            pool,
+            connection_timeout: options.connection_timeout,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Takes a connection from the pool, waiting at most the connection timeout.
+    pub fn get(&self) -> Result<Conn, StorageError> {
+        let timeout = StorageError::PoolTimeout(self.connection_timeout);
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.get().map(Conn::Sqlite).map_err(|_| timeout),
+            Pool::Postgres(pool) => pool.get().map(Conn::Postgres).map_err(|_| timeout),
+        }
+    }
+
+    /// Applies the pending migrations and returns their versions.
+    pub fn migrate(&self) -> Result<Vec<String>, String> {
+        let mut conn = self
+            .get()
+            .map_err(|error| format!("cannot connect to the database: {error}"))?;
+        let applied = match &mut conn {
+            Conn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+            Conn::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+        };
+        applied
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+            .map_err(|error| format!("migration failed: {error}"))
+    }
+
+    /// Runs `work` with a pooled connection on a blocking thread, inside the
+    /// caller's tracing span, so Diesel never blocks the async runtime.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let storage = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut conn = storage.get()?;
+            work(&mut conn)
+        })
+        .instrument(tracing::Span::current())
+        .await
+        .map_err(|error| StorageError::Task(error.to_string()))?
+    }
+}
+
+/// Runs `work` in one transaction: commits when it returns `Ok`, rolls back
+/// when it returns `Err`. SQLite transactions start with `BEGIN IMMEDIATE`,
+/// so a writer takes the write lock up front and waits out the busy timeout
+/// instead of failing when a read lock cannot be upgraded.
+pub fn transaction<T>(
+    conn: &mut Conn,
+    work: impl FnOnce(&mut Conn) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    match conn {
+        Conn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")?,
+        Conn::Postgres(c) => AnsiTransactionManager::begin_transaction(&mut **c)?,
+    }
+    match work(conn) {
+        Ok(value) => {
+            with_conn!(conn, c => AnsiTransactionManager::commit_transaction(c))?;
+            Ok(value)
+        }
+        Err(error) => {
+            match with_conn!(conn, c => AnsiTransactionManager::rollback_transaction(c)) {
+                Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(error),
+                Err(rollback_error) => Err(rollback_error.into()),
+            }
+        }
+    }
+}
+
+/// The current time in UTC microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_selects_backend() {
+        assert_eq!(
+            parse_database_url("sqlite://data/a.db").unwrap(),
+            (Backend::Sqlite, "data/a.db".to_string())
+        );
+        assert_eq!(
+            parse_database_url("a.db").unwrap(),
+            (Backend::Sqlite, "a.db".to_string())
+        );
+        assert_eq!(
+            parse_database_url("postgres://u@h/db").unwrap().0,
+            Backend::Postgres
+        );
+        assert!(parse_database_url("sqlite://").is_err());
+        assert!(parse_database_url("mysql://h/db").is_err());
+    }
+}

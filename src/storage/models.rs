@@ -1,0 +1,155 @@
+//! Rows as Diesel reads and writes them. Times are UTC microseconds, JSON
+//! columns hold serialized JSON text, and status and priority columns hold
+//! the numbers of the protobuf enums.
+
+use diesel::prelude::*;
+
+use super::schema::{
+    code_analysis_results, crew_outputs, error_handling_results, fix_findings, log_entries,
+};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = crew_outputs)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct CrewOutputRow {
+    pub id: i64,
+    pub crew_name: String,
+    pub output_type: String,
+    pub status: i32,
+    pub results: String,
+    pub error_message: String,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = crew_outputs)]
+pub struct NewCrewOutputRow {
+    pub crew_name: String,
+    pub output_type: String,
+    pub status: i32,
+    pub results: String,
+    pub error_message: String,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = code_analysis_results)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct FindingRow {
+    pub id: i64,
+    pub crew_output_id: i64,
+    pub file_path: String,
+    pub rule_id: String,
+    pub message: String,
+    pub priority: i32,
+    pub status: i32,
+    pub status_reason: String,
+    pub start_line: i32,
+    pub end_line: i32,
+    pub start_column: i32,
+    pub end_column: i32,
+    pub fingerprint: String,
+    pub fingerprint_version: i32,
+    pub analysis: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = code_analysis_results)]
+pub struct NewFindingRow {
+    pub crew_output_id: i64,
+    pub file_path: String,
+    pub rule_id: String,
+    pub message: String,
+    pub priority: i32,
+    pub status: i32,
+    pub status_reason: String,
+    pub start_line: i32,
+    pub end_line: i32,
+    pub start_column: i32,
+    pub end_column: i32,
+    pub fingerprint: String,
+    pub fingerprint_version: i32,
+    pub analysis: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = error_handling_results)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct FixRow {
+    pub id: i64,
+    pub crew_output_id: i64,
+    pub file_path: String,
+    pub description: String,
+    pub changes: String,
+    pub status: i32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A fix with the ids of the findings it addresses.
+#[derive(Debug, Clone)]
+pub struct FixWithFindings {
+    pub fix: FixRow,
+    pub finding_ids: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = error_handling_results)]
+pub struct NewFixRow {
+    pub crew_output_id: i64,
+    pub file_path: String,
+    pub description: String,
+    pub changes: String,
+    pub status: i32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Insertable)]
+#[diesel(table_name = fix_findings)]
+pub struct FixFindingRow {
+    pub fix_id: i64,
+    pub finding_id: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = log_entries)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct LogEntryRow {
+    pub id: i64,
+    pub entry_id: Option<String>,
+    pub crew_output_id: Option<i64>,
+    pub timestamp: i64,
+    pub level: String,
+    pub severity_number: i32,
+    pub message: String,
+    pub crew_name: String,
+    pub metadata: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = log_entries)]
+pub struct NewLogEntryRow {
+    pub entry_id: Option<String>,
+    pub crew_output_id: Option<i64>,
+    pub timestamp: i64,
+    pub level: String,
+    pub severity_number: i32,
+    pub message: String,
+    pub crew_name: String,
+    pub metadata: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -1,0 +1,51 @@
+//! Keyset paging. A cursor holds the sort key and id of the last row of a
+//! page; the next page starts strictly after it, so rows inserted meanwhile
+//! never shift a page and no query skips over earlier pages.
+
+/// Position after the last row of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Sort key of the row, for listings ordered by something other than
+    /// the id (a time); equal to `id` otherwise.
+    pub key: i64,
+    pub id: i64,
+}
+
+/// Which page to read.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub size: i64,
+    pub after: Option<Cursor>,
+}
+
+/// One page of rows and the cursor of the next page, if there is one.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+    pub total: i64,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `size + 1` rows read in page order: the
+    /// extra row only tells that another page exists.
+    pub fn from_rows(
+        mut rows: Vec<T>,
+        request: PageRequest,
+        total: i64,
+        cursor_of: impl Fn(&T) -> Cursor,
+    ) -> Page<T> {
+        let size = request.size.max(0) as usize;
+        let next = if rows.len() > size {
+            rows.truncate(size);
+            rows.last().map(&cursor_of)
+        } else {
+            None
+        };
+        Page {
+            items: rows,
+            next,
+            total,
+        }
+    }
+}

@@ -25,17 +25,28 @@ pub struct DatabaseArgs {
     #[arg(long, env = "CODE_ANALYZER_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pool_size: u32,
 
+    /// Connections the pool keeps open while idle.
+    #[arg(long, env = "CODE_ANALYZER_POOL_MIN_IDLE", default_value_t = 1)]
+    pub pool_min_idle: u32,
+
     /// Seconds a call waits for a free database connection (and, on SQLite,
     /// for the write lock) before it fails with UNAVAILABLE.
-    #[arg(long, env = "CODE_ANALYZER_POOL_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long = "pool-timeout", env = "CODE_ANALYZER_POOL_TIMEOUT", value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pool_timeout_secs: u64,
+
+    /// PostgreSQL only: seconds a statement may run before the database
+    /// cancels it; 0 means no limit.
+    #[arg(long = "statement-timeout", env = "CODE_ANALYZER_STATEMENT_TIMEOUT", value_name = "SECONDS", default_value_t = 30)]
+    pub statement_timeout_secs: u64,
 }
 
 impl DatabaseArgs {
     pub fn pool_options(&self) -> PoolOptions {
         PoolOptions {
             max_size: self.pool_size,
+            min_idle: self.pool_min_idle,
             connection_timeout: Duration::from_secs(self.pool_timeout_secs),
+            statement_timeout: Duration::from_secs(self.statement_timeout_secs),
         }
     }
 }
@@ -58,7 +69,7 @@ pub struct ServeArgs {
     pub max_sarif_bytes: usize,
 
     /// Seconds that calls in flight may take to finish after SIGTERM or SIGINT.
-    #[arg(long, env = "CODE_ANALYZER_SHUTDOWN_GRACE", default_value_t = 10)]
+    #[arg(long = "shutdown-grace", env = "CODE_ANALYZER_SHUTDOWN_GRACE", value_name = "SECONDS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
     /// Format of the server's log lines; the level comes from RUST_LOG (default "info").

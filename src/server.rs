@@ -38,6 +38,16 @@ impl Default for ServerOptions {
     }
 }
 
+/// Reflection over every served service, plus `google.rpc` error details so
+/// that tools such as grpcurl can decode the `BadRequest` and `RetryInfo`
+/// details of failed calls.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// Serves on `listener` until `shutdown` completes, then stops accepting
 /// calls, marks health NOT_SERVING, and gives calls in flight the grace
 /// period to finish. The database must already be migrated.
@@ -53,14 +63,8 @@ pub async fn serve(
     health_reporter.set_serving::<FixServiceServer<FixApi>>().await;
     health_reporter.set_serving::<LogServiceServer<LogApi>>().await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let limit = options.max_message_bytes;
     let crew = CrewServiceServer::new(CrewApi::new(storage.clone()))

@@ -148,6 +148,7 @@ pub fn crew_output(row: CrewOutputRow) -> pb::CrewOutput {
         updated_at: Some(micros_to_timestamp(row.updated_at)),
         started_at: optional_timestamp(row.started_at),
         finished_at: optional_timestamp(row.finished_at),
+        revision: row.revision,
     }
 }
 
@@ -172,6 +173,7 @@ pub fn finding(row: FindingRow) -> pb::Finding {
         analysis: Some(json_text_to_struct(&row.analysis)),
         created_at: Some(micros_to_timestamp(row.created_at)),
         updated_at: Some(micros_to_timestamp(row.updated_at)),
+        revision: row.revision,
     }
 }
 
@@ -187,6 +189,7 @@ pub fn fix(stored: FixWithFindings) -> pb::Fix {
         finding_ids: stored.finding_ids,
         created_at: Some(micros_to_timestamp(row.created_at)),
         updated_at: Some(micros_to_timestamp(row.updated_at)),
+        revision: row.revision,
     }
 }
 

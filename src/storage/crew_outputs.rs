@@ -88,6 +88,26 @@ pub fn get(conn: &mut Conn, id: i64) -> Result<CrewOutputRow, StorageError> {
     })
 }
 
+/// Reads a crew output and locks its row until the transaction ends, so a
+/// concurrent update on another replica waits instead of being overwritten.
+/// SQLite needs no row lock: its write transactions already run one at a time.
+fn get_for_update(conn: &mut Conn, id: i64) -> Result<CrewOutputRow, StorageError> {
+    let found = match conn {
+        Conn::Sqlite(c) => crew_outputs::table
+            .find(id)
+            .select(CrewOutputRow::as_select())
+            .first(&mut **c)
+            .optional()?,
+        Conn::Postgres(c) => crew_outputs::table
+            .find(id)
+            .select(CrewOutputRow::as_select())
+            .for_update()
+            .first(&mut **c)
+            .optional()?,
+    };
+    found.ok_or_else(|| StorageError::not_found("crew output", id))
+}
+
 /// Fails with NotFound unless the crew output exists.
 pub fn ensure_exists(conn: &mut Conn, id: i64) -> Result<(), StorageError> {
     let found: Option<i64> = with_conn!(conn, c => {
@@ -157,7 +177,7 @@ pub fn update(
     changes: CrewOutputChanges,
 ) -> Result<CrewOutputRow, StorageError> {
     transaction(conn, |conn| {
-        let current = get(conn, id)?;
+        let current = get_for_update(conn, id)?;
 
         let mut next = current.clone();
         let now = now_micros();
@@ -199,6 +219,7 @@ pub fn update(
                 crew_outputs::error_message.eq(&next.error_message),
                 crew_outputs::started_at.eq(next.started_at),
                 crew_outputs::finished_at.eq(next.finished_at),
+                crew_outputs::revision.eq(crew_outputs::revision + 1),
                 crew_outputs::updated_at.eq(now),
             ))
             .returning(CrewOutputRow::as_returning())

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use super::models::{FindingRow, NewFindingRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::code_analysis_results as findings;
-use super::{Conn, StorageError, crew_outputs, now_micros, transaction, with_conn};
+use super::{Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn};
 
 /// Rows per multi-row `INSERT` on PostgreSQL: 16 columns each keeps a
 /// statement under the protocol's limit of 65,535 bind parameters.
@@ -38,33 +38,7 @@ pub fn escape_like(text: &str) -> String {
 /// Inserts findings of existing crew outputs and returns their ids in the
 /// order of `rows`. Call it inside a transaction: a batch is all or nothing.
 pub fn insert_rows(conn: &mut Conn, rows: &[NewFindingRow]) -> Result<Vec<i64>, StorageError> {
-    let mut ids = Vec::with_capacity(rows.len());
-    match conn {
-        // SQLite: one cached prepared statement per row is as fast as a
-        // multi-row statement and keeps `RETURNING` simple.
-        Conn::Sqlite(c) => {
-            for row in rows {
-                let id = diesel::insert_into(findings::table)
-                    .values(row)
-                    .returning(findings::id)
-                    .get_result::<i64>(&mut **c)?;
-                ids.push(id);
-            }
-        }
-        // PostgreSQL: a round trip per row would dominate, so rows go in
-        // multi-row statements. Identity values follow the VALUES order.
-        Conn::Postgres(c) => {
-            for chunk in rows.chunks(POSTGRES_INSERT_CHUNK) {
-                let mut chunk_ids = diesel::insert_into(findings::table)
-                    .values(chunk)
-                    .returning(findings::id)
-                    .get_results::<i64>(&mut **c)?;
-                chunk_ids.sort_unstable();
-                ids.extend(chunk_ids);
-            }
-        }
-    }
-    Ok(ids)
+    Ok(insert_returning_ids!(conn, findings::table, findings::id, rows, POSTGRES_INSERT_CHUNK))
 }
 
 /// Stores a batch of findings for one crew output in one transaction.
@@ -101,6 +75,7 @@ fn stored_row(id: i64, row: NewFindingRow) -> FindingRow {
         fingerprint: row.fingerprint,
         fingerprint_version: row.fingerprint_version,
         analysis: row.analysis,
+        revision: 1,
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -168,7 +143,9 @@ pub fn list(
     })
 }
 
-/// Sets the status and its reason.
+/// Sets the status and its reason. One `UPDATE` that also adds one to the
+/// revision, so concurrent updates from several replicas are each counted
+/// and the last one wins.
 pub fn update_status(
     conn: &mut Conn,
     id: i64,
@@ -180,6 +157,7 @@ pub fn update_status(
             .set((
                 findings::status.eq(status),
                 findings::status_reason.eq(reason),
+                findings::revision.eq(findings::revision + 1),
                 findings::updated_at.eq(now_micros()),
             ))
             .returning(FindingRow::as_returning())

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use super::models::{FixFindingRow, FixRow, FixWithFindings, NewFixRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::{code_analysis_results, error_handling_results as fixes, fix_findings};
-use super::{Conn, StorageError, crew_outputs, now_micros, transaction, with_conn};
+use super::{Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn};
 
 /// Filters of `list`; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -26,15 +26,14 @@ pub struct FixChanges {
     pub finding_ids: Option<Vec<i64>>,
 }
 
-/// Inserts one fix of an existing crew output and returns its id. Call it
-/// inside a transaction together with `link_findings`.
-pub fn insert_row(conn: &mut Conn, row: &NewFixRow) -> Result<i64, StorageError> {
-    with_conn!(conn, c => {
-        Ok(diesel::insert_into(fixes::table)
-            .values(row)
-            .returning(fixes::id)
-            .get_result(c)?)
-    })
+/// Rows per multi-row `INSERT` on PostgreSQL: 7 columns each keeps a
+/// statement under the protocol's limit of 65,535 bind parameters.
+const POSTGRES_INSERT_CHUNK: usize = 5_000;
+
+/// Inserts fixes of existing crew outputs and returns their ids in the
+/// order of `rows`. Call it inside a transaction with `insert_links`.
+pub fn insert_rows(conn: &mut Conn, rows: &[NewFixRow]) -> Result<Vec<i64>, StorageError> {
+    Ok(insert_returning_ids!(conn, fixes::table, fixes::id, rows, POSTGRES_INSERT_CHUNK))
 }
 
 /// Links fixes to findings; the pairs must name existing rows.
@@ -111,7 +110,7 @@ pub fn insert(
     transaction(conn, |conn| {
         crew_outputs::ensure_exists(conn, row.crew_output_id)?;
         check_findings(conn, row.crew_output_id, &finding_ids)?;
-        let id = insert_row(conn, &row)?;
+        let id = insert_rows(conn, std::slice::from_ref(&row))?[0];
         replace_links(conn, id, &finding_ids)?;
         get(conn, id)
     })
@@ -163,6 +162,25 @@ pub fn get(conn: &mut Conn, id: i64) -> Result<FixWithFindings, StorageError> {
     });
     let mut found = with_findings(conn, vec![row])?;
     Ok(found.remove(0))
+}
+
+/// Reads a fix and, on PostgreSQL, locks its row until the transaction
+/// ends, so concurrent updates on several replicas apply one after another.
+fn get_for_update(conn: &mut Conn, id: i64) -> Result<FixRow, StorageError> {
+    let found = match conn {
+        Conn::Sqlite(c) => fixes::table
+            .find(id)
+            .select(FixRow::as_select())
+            .first(&mut **c)
+            .optional()?,
+        Conn::Postgres(c) => fixes::table
+            .find(id)
+            .select(FixRow::as_select())
+            .for_update()
+            .first(&mut **c)
+            .optional()?,
+    };
+    found.ok_or_else(|| StorageError::not_found("fix", id))
 }
 
 macro_rules! filtered {
@@ -219,21 +237,22 @@ pub fn update(
     changes: FixChanges,
 ) -> Result<FixWithFindings, StorageError> {
     transaction(conn, |conn| {
-        let current = get(conn, id)?;
-        let status = changes.status.unwrap_or(current.fix.status);
-        let description = changes.description.unwrap_or(current.fix.description);
+        let current = get_for_update(conn, id)?;
+        let status = changes.status.unwrap_or(current.status);
+        let description = changes.description.unwrap_or(current.description);
         with_conn!(conn, c => {
             diesel::update(fixes::table.find(id))
                 .set((
                     fixes::status.eq(status),
                     fixes::description.eq(&description),
+                    fixes::revision.eq(fixes::revision + 1),
                     fixes::updated_at.eq(now_micros()),
                 ))
                 .execute(c)?
         });
         if let Some(finding_ids) = changes.finding_ids {
             let finding_ids: BTreeSet<i64> = finding_ids.into_iter().collect();
-            check_findings(conn, current.fix.crew_output_id, &finding_ids)?;
+            check_findings(conn, current.crew_output_id, &finding_ids)?;
             replace_links(conn, id, &finding_ids)?;
         }
         get(conn, id)

@@ -34,21 +34,26 @@ pub fn import_runs(conn: &mut Conn, runs: Vec<RunImport>) -> Result<Vec<Imported
             }
             let finding_ids = findings::insert_rows(conn, &run.findings)?;
 
-            let mut links = Vec::with_capacity(run.fixes.len());
-            for (finding_index, fix) in &mut run.fixes {
+            let (finding_indexes, mut fix_rows): (Vec<usize>, Vec<NewFixRow>) =
+                run.fixes.into_iter().unzip();
+            for fix in &mut fix_rows {
                 fix.crew_output_id = crew_output_id;
-                let fix_id = fixes::insert_row(conn, fix)?;
-                links.push(FixFindingRow {
+            }
+            let fix_ids = fixes::insert_rows(conn, &fix_rows)?;
+            let links: Vec<FixFindingRow> = finding_indexes
+                .iter()
+                .zip(fix_ids)
+                .map(|(finding_index, fix_id)| FixFindingRow {
                     fix_id,
                     finding_id: finding_ids[*finding_index],
-                });
-            }
+                })
+                .collect();
             fixes::insert_links(conn, &links)?;
 
             imported.push(ImportedRun {
                 crew_output_id,
                 finding_count: run.findings.len(),
-                fix_count: run.fixes.len(),
+                fix_count: fix_rows.len(),
                 file_paths: run.findings.iter().map(|finding| finding.file_path.clone()).collect(),
             });
         }

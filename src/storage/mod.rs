@@ -22,6 +22,7 @@ pub mod schema;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::{Connection, RunQueryDsl};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::sqlite::SqliteConnection;
@@ -47,6 +48,42 @@ macro_rules! with_conn {
     };
 }
 
+/// Inserts `$rows` and evaluates to their new ids, in the order of the rows.
+/// SQLite runs one cached prepared statement per row, which is as fast as a
+/// multi-row statement there; PostgreSQL sends multi-row statements of
+/// `$chunk` rows, since a round trip per row would dominate. Identity
+/// values of one statement follow the order of its VALUES list.
+macro_rules! insert_returning_ids {
+    ($conn:expr, $table:expr, $id:expr, $rows:expr, $chunk:expr) => {{
+        let rows = $rows;
+        let mut ids: Vec<i64> = Vec::with_capacity(rows.len());
+        match $conn {
+            $crate::storage::Conn::Sqlite(c) => {
+                for row in rows {
+                    ids.push(
+                        diesel::insert_into($table)
+                            .values(row)
+                            .returning($id)
+                            .get_result(&mut **c)?,
+                    );
+                }
+            }
+            $crate::storage::Conn::Postgres(c) => {
+                for chunk in rows.chunks($chunk) {
+                    let mut chunk_ids: Vec<i64> = diesel::insert_into($table)
+                        .values(chunk)
+                        .returning($id)
+                        .get_results(&mut **c)?;
+                    chunk_ids.sort_unstable();
+                    ids.extend(chunk_ids);
+                }
+            }
+        }
+        ids
+    }};
+}
+
+pub(crate) use insert_returning_ids;
 pub(crate) use with_conn;
 
 /// Failures of the storage layer. `api::status` maps each variant to a gRPC
@@ -119,18 +156,38 @@ pub fn parse_database_url(url: &str) -> Result<(Backend, String), String> {
 /// Pool settings chosen by the operator.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
+    /// Most connections open at once. On PostgreSQL, the sum over all
+    /// replicas must stay below the server's `max_connections`.
     pub max_size: u32,
+    /// Connections kept open while idle, so a burst after a quiet spell
+    /// does not pay for new connections.
+    pub min_idle: u32,
+    /// How long a call waits for a free connection (and, on SQLite, for the
+    /// write lock) before it fails with UNAVAILABLE.
     pub connection_timeout: Duration,
+    /// PostgreSQL only: longest a statement may run before the server
+    /// cancels it; zero means no limit.
+    pub statement_timeout: Duration,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
         PoolOptions {
             max_size: 8,
+            min_idle: 1,
             connection_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// Key of the PostgreSQL advisory lock held while migrating, so that of
+/// several replicas starting at once one migrates and the others wait.
+const MIGRATION_LOCK_KEY: i64 = 0x636f_6465_616e_6c7a;
+
+/// Name under which the server's PostgreSQL sessions appear in
+/// `pg_stat_activity`, unless the URL sets `application_name`.
+const APPLICATION_NAME: &str = "code-analyzer";
 
 /// Sets the pragmas every SQLite connection needs: a busy timeout so writers
 /// queue instead of failing (first, because switching to WAL takes a lock
@@ -162,9 +219,30 @@ fn pool_builder<M: diesel::r2d2::ManageConnection>(
 ) -> diesel::r2d2::Builder<M> {
     diesel::r2d2::Pool::builder()
         .max_size(options.max_size)
-        .min_idle(Some(1))
+        .min_idle(Some(options.min_idle.min(options.max_size)))
         .connection_timeout(options.connection_timeout)
         .test_on_check_out(false)
+}
+
+/// Sets the session settings of every PostgreSQL connection.
+#[derive(Debug)]
+struct PostgresSettings {
+    statement_timeout: Duration,
+    set_application_name: bool,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSettings {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        let mut settings = format!(
+            "SET statement_timeout = {};",
+            self.statement_timeout.as_millis()
+        );
+        if self.set_application_name {
+            settings.push_str(&format!(" SET application_name = '{APPLICATION_NAME}';"));
+        }
+        conn.batch_execute(&settings)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
 }
 
 type SqlitePool = diesel::r2d2::Pool<ConnectionManager<SqliteConnection>>;
@@ -195,6 +273,8 @@ enum Pool {
 #[derive(Clone)]
 pub struct Storage {
     pool: Pool,
+    /// What Diesel connects with: a file path or a PostgreSQL URL.
+    target: String,
     connection_timeout: Duration,
 }
 
@@ -205,7 +285,7 @@ impl Storage {
         let (backend, target) = parse_database_url(database_url)?;
         let pool = match backend {
             Backend::Sqlite => {
-                let manager = ConnectionManager::<SqliteConnection>::new(target);
+                let manager = ConnectionManager::<SqliteConnection>::new(target.clone());
                 let pool = pool_builder(options)
                     .connection_customizer(Box::new(SqlitePragmas {
                         busy_timeout: options.connection_timeout,
@@ -214,12 +294,20 @@ impl Storage {
                 Pool::Sqlite(pool)
             }
             Backend::Postgres => {
-                let manager = ConnectionManager::<PgConnection>::new(target);
-                Pool::Postgres(pool_builder(options).build_unchecked(manager))
+                let settings = PostgresSettings {
+                    statement_timeout: options.statement_timeout,
+                    set_application_name: !target.contains("application_name="),
+                };
+                let manager = ConnectionManager::<PgConnection>::new(target.clone());
+                let pool = pool_builder(options)
+                    .connection_customizer(Box::new(settings))
+                    .build_unchecked(manager);
+                Pool::Postgres(pool)
             }
         };
         Ok(Storage {
             pool,
+            target,
             connection_timeout: options.connection_timeout,
         })
     }
@@ -241,17 +329,38 @@ impl Storage {
     }
 
     /// Applies the pending migrations and returns their versions.
+    ///
+    /// On PostgreSQL this runs on a connection of its own, outside the pool
+    /// and its statement timeout, under an advisory lock: when several
+    /// replicas start at once, one migrates while the others wait for the
+    /// lock and then find nothing left to apply.
     pub fn migrate(&self) -> Result<Vec<String>, String> {
-        let mut conn = self
-            .get()
-            .map_err(|error| format!("cannot connect to the database: {error}"))?;
-        let applied = match &mut conn {
-            Conn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
-            Conn::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS),
+        let applied = match self.backend() {
+            Backend::Sqlite => {
+                let mut conn = self
+                    .get()
+                    .map_err(|error| format!("cannot open the database: {error}"))?;
+                match &mut conn {
+                    Conn::Sqlite(c) => version_names(c.run_pending_migrations(SQLITE_MIGRATIONS))?,
+                    Conn::Postgres(_) => unreachable!("a SQLite storage hands out SQLite connections"),
+                }
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::establish(&self.target)
+                    .map_err(|error| format!("cannot connect to the database: {error}"))?;
+                let lock = |conn: &mut PgConnection, sql: &str| {
+                    diesel::sql_query(sql)
+                        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK_KEY)
+                        .execute(conn)
+                        .map_err(|error| format!("migration lock failed: {error}"))
+                };
+                lock(&mut conn, "SELECT pg_advisory_lock($1)")?;
+                let applied = version_names(conn.run_pending_migrations(POSTGRES_MIGRATIONS));
+                lock(&mut conn, "SELECT pg_advisory_unlock($1)")?;
+                applied?
+            }
         };
-        applied
-            .map(|versions| versions.iter().map(ToString::to_string).collect())
-            .map_err(|error| format!("migration failed: {error}"))
+        Ok(applied)
     }
 
     /// Runs `work` with a pooled connection on a blocking thread, inside the
@@ -272,6 +381,14 @@ impl Storage {
         .await
         .map_err(|error| StorageError::Task(error.to_string()))?
     }
+}
+
+fn version_names(
+    applied: diesel::migration::Result<Vec<diesel::migration::MigrationVersion<'_>>>,
+) -> Result<Vec<String>, String> {
+    applied
+        .map(|versions| versions.iter().map(ToString::to_string).collect())
+        .map_err(|error| format!("migration failed: {error}"))
 }
 
 /// Runs `work` in one transaction: commits when it returns `Ok`, rolls back

@@ -20,6 +20,7 @@ pub struct CrewOutputRow {
     pub error_message: String,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub revision: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -57,6 +58,7 @@ pub struct FindingRow {
     pub fingerprint: String,
     pub fingerprint_version: i32,
     pub analysis: String,
+    pub revision: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -92,6 +94,7 @@ pub struct FixRow {
     pub description: String,
     pub changes: String,
     pub status: i32,
+    pub revision: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -11,6 +11,7 @@ diesel::table! {
         error_message -> Text,
         started_at -> Nullable<BigInt>,
         finished_at -> Nullable<BigInt>,
+        revision -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
     }
@@ -33,6 +34,7 @@ diesel::table! {
         fingerprint -> Text,
         fingerprint_version -> Integer,
         analysis -> Text,
+        revision -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
     }
@@ -46,6 +48,7 @@ diesel::table! {
         description -> Text,
         changes -> Text,
         status -> Integer,
+        revision -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
     }

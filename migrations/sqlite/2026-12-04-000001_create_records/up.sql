@@ -1,6 +1,7 @@
 -- Times are UTC microseconds since the Unix epoch, stored as 64-bit integers
 -- so that SQLite and PostgreSQL order them the same way.
 -- Enumerations are stored as the numbers of the protobuf enums.
+-- `revision` counts the changes of a mutable record: every update adds one.
 
 CREATE TABLE crew_outputs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -11,6 +12,7 @@ CREATE TABLE crew_outputs (
     error_message TEXT NOT NULL DEFAULT '',
     started_at BIGINT,
     finished_at BIGINT,
+    revision BIGINT NOT NULL DEFAULT 1,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
@@ -33,6 +35,7 @@ CREATE TABLE code_analysis_results (
     fingerprint TEXT NOT NULL,
     fingerprint_version INTEGER NOT NULL,
     analysis TEXT NOT NULL DEFAULT '{}',
+    revision BIGINT NOT NULL DEFAULT 1,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
@@ -49,6 +52,7 @@ CREATE TABLE error_handling_results (
     description TEXT NOT NULL DEFAULT '',
     changes TEXT NOT NULL DEFAULT '{}',
     status INTEGER NOT NULL,
+    revision BIGINT NOT NULL DEFAULT 1,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );

@@ -72,6 +72,10 @@ fn database_status(error: DieselError) -> Status {
             tracing::error!(error = %error, "database connection closed");
             unavailable("the database connection was lost")
         }
+        DieselError::DatabaseError(_, info) if is_statement_timeout(info.message()) => {
+            tracing::warn!(error = %error, "statement ran past the statement timeout");
+            Status::deadline_exceeded("the database did not finish within the statement timeout")
+        }
         DieselError::DatabaseError(_, info) if is_sqlite_busy(info.message()) => {
             tracing::warn!(error = %error, "database stayed locked past the busy timeout");
             unavailable("the database is busy")
@@ -81,6 +85,12 @@ fn database_status(error: DieselError) -> Status {
             Status::internal("internal database error")
         }
     }
+}
+
+/// PostgreSQL cancels a statement past `statement_timeout` with SQLSTATE
+/// 57014, which Diesel reports only through the message.
+fn is_statement_timeout(message: &str) -> bool {
+    message.contains("statement timeout")
 }
 
 /// SQLite reports `SQLITE_BUSY` and `SQLITE_LOCKED` only through the message.

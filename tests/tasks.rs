@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use code_analyzer::pb::task_service_client::TaskServiceClient;
 use code_analyzer::pb::{self, TaskState};
-use common::{assert_status, expect_error};
+use common::process::ServeProcess;
+use common::{Backend, TestDatabase, assert_status, expect_error};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -63,6 +64,160 @@ impl Random {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound
     }
+}
+
+/// Runs 8 workers over `channels` (one server, or several replicas) on a
+/// queue of `task_count` tasks, with random failures and crashes (leases
+/// left to expire), and checks that every task ends SUCCEEDED, completed
+/// exactly once, or DEAD after its last attempt, with one attempt per claim
+/// and never two holders at once.
+async fn drive_queue(channels: Vec<Channel>, task_count: usize) {
+    const WORKERS: usize = 8;
+    const MAX_ATTEMPTS: i32 = 4;
+    const LEASE_MS: u64 = 300;
+
+    let mut tasks = TaskServiceClient::new(channels[0].clone());
+    for index in 0..task_count {
+        let mut request = enqueue_request("load");
+        request.max_attempts = MAX_ATTEMPTS;
+        request.retry_backoff = millis(1);
+        request.priority = (index % 3) as i32;
+        enqueue(&mut tasks, request).await;
+    }
+
+    // Every claim and every release the server acknowledged, with its
+    // server-side time, per task.
+    #[derive(Debug, Clone)]
+    struct Hold {
+        worker: usize,
+        lease_token: String,
+        claimed_at: i64,
+        lease_expires_at: i64,
+        released_at: Option<i64>,
+    }
+    let holds: Arc<Mutex<HashMap<i64, Vec<Hold>>>> = Arc::default();
+    let completions: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
+
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let mut tasks = TaskServiceClient::new(channels[worker % channels.len()].clone());
+        let holds = holds.clone();
+        let completions = completions.clone();
+        workers.push(tokio::spawn(async move {
+            let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1));
+            let mut idle_rounds = 0;
+            while idle_rounds < 20 {
+                let claimed = claim(&mut tasks, "load", &format!("worker-{worker}"), 8, LEASE_MS).await;
+                if claimed.is_empty() {
+                    idle_rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                idle_rounds = 0;
+                for task in claimed {
+                    holds.lock().unwrap().entry(task.id).or_default().push(Hold {
+                        worker,
+                        lease_token: task.lease_token.clone(),
+                        claimed_at: timestamp_micros(&task.updated_at),
+                        lease_expires_at: timestamp_micros(&task.lease_expires_at),
+                        released_at: None,
+                    });
+                    let released = match random.next_below(100) {
+                        // A crash: the lease is left to expire.
+                        0..=4 => None,
+                        5..=14 => tasks
+                            .fail_task(pb::FailTaskRequest {
+                                task_id: task.id,
+                                lease_token: task.lease_token.clone(),
+                                error: "random failure".to_string(),
+                                permanent: false,
+                            })
+                            .await
+                            .ok()
+                            .map(|response| response.into_inner().updated_at),
+                        _ => tasks
+                            .complete_task(pb::CompleteTaskRequest {
+                                task_id: task.id,
+                                lease_token: task.lease_token.clone(),
+                                result: None,
+                            })
+                            .await
+                            .ok()
+                            .map(|response| {
+                                *completions.lock().unwrap().entry(task.id).or_default() += 1;
+                                response.into_inner().task.unwrap().updated_at
+                            }),
+                    };
+                    if let Some(released_at) = released {
+                        // Another worker may already hold the task again
+                        // (after a failure's short backoff), so find this
+                        // claim by its token.
+                        let mut holds = holds.lock().unwrap();
+                        let hold = holds
+                            .get_mut(&task.id)
+                            .unwrap()
+                            .iter_mut()
+                            .find(|hold| hold.lease_token == task.lease_token)
+                            .unwrap();
+                        hold.released_at = Some(timestamp_micros(&released_at));
+                    }
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let holds = holds.lock().unwrap();
+    let completions = completions.lock().unwrap();
+    let mut page_token = String::new();
+    let mut finished = 0;
+    loop {
+        let page = tasks
+            .list_tasks(pb::ListTasksRequest {
+                page_size: 1_000,
+                page_token,
+                queue: "load".to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for task in &page.tasks {
+            // Workers record their claims in whatever order they run;
+            // the server's claim times give the real order.
+            let mut task_holds = holds[&task.id].clone();
+            task_holds.sort_by_key(|hold| hold.claimed_at);
+            assert_eq!(task.attempts as usize, task_holds.len(), "task {}: one attempt per claim", task.id);
+            match task.state() {
+                TaskState::Succeeded => assert_eq!(completions.get(&task.id), Some(&1), "task {}", task.id),
+                TaskState::Dead => {
+                    assert_eq!(task.attempts, MAX_ATTEMPTS, "task {}", task.id);
+                    assert_eq!(completions.get(&task.id), None, "task {}", task.id);
+                }
+                other => panic!("task {} ended {other:?}", task.id),
+            }
+            // No claim began before the previous holder released the
+            // task or its lease expired.
+            for pair in task_holds.windows(2) {
+                let end = pair[0].released_at.unwrap_or(pair[0].lease_expires_at);
+                assert!(
+                    pair[1].claimed_at >= end,
+                    "task {} held by workers {} and {} at once",
+                    task.id,
+                    pair[0].worker,
+                    pair[1].worker
+                );
+            }
+            finished += 1;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(finished, task_count);
 }
 
 backend_tests! {
@@ -418,152 +573,121 @@ backend_tests! {
     }
 
     async fn workers_finish_every_task_once(server) {
-        const TASKS: usize = 5_000;
-        const WORKERS: usize = 8;
-        const MAX_ATTEMPTS: i32 = 4;
-        const LEASE_MS: u64 = 300;
-
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        for index in 0..TASKS {
-            let mut request = enqueue_request("load");
-            request.max_attempts = MAX_ATTEMPTS;
-            request.retry_backoff = millis(1);
-            request.priority = (index % 3) as i32;
-            enqueue(&mut tasks, request).await;
-        }
-
-        // Every claim and every release the server acknowledged, with its
-        // server-side time, per task.
-        #[derive(Debug, Clone)]
-        struct Hold {
-            worker: usize,
-            lease_token: String,
-            claimed_at: i64,
-            lease_expires_at: i64,
-            released_at: Option<i64>,
-        }
-        let holds: Arc<Mutex<HashMap<i64, Vec<Hold>>>> = Arc::default();
-        let completions: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
-
-        let mut workers = Vec::new();
-        for worker in 0..WORKERS {
-            let mut tasks = tasks.clone();
-            let holds = holds.clone();
-            let completions = completions.clone();
-            workers.push(tokio::spawn(async move {
-                let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1));
-                let mut idle_rounds = 0;
-                while idle_rounds < 20 {
-                    let claimed = claim(&mut tasks, "load", &format!("worker-{worker}"), 8, LEASE_MS).await;
-                    if claimed.is_empty() {
-                        idle_rounds += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    idle_rounds = 0;
-                    for task in claimed {
-                        holds.lock().unwrap().entry(task.id).or_default().push(Hold {
-                            worker,
-                            lease_token: task.lease_token.clone(),
-                            claimed_at: timestamp_micros(&task.updated_at),
-                            lease_expires_at: timestamp_micros(&task.lease_expires_at),
-                            released_at: None,
-                        });
-                        let released = match random.next_below(100) {
-                            // A crash: the lease is left to expire.
-                            0..=4 => None,
-                            5..=14 => tasks
-                                .fail_task(pb::FailTaskRequest {
-                                    task_id: task.id,
-                                    lease_token: task.lease_token.clone(),
-                                    error: "random failure".to_string(),
-                                    permanent: false,
-                                })
-                                .await
-                                .ok()
-                                .map(|response| response.into_inner().updated_at),
-                            _ => tasks
-                                .complete_task(pb::CompleteTaskRequest {
-                                    task_id: task.id,
-                                    lease_token: task.lease_token.clone(),
-                                    result: None,
-                                })
-                                .await
-                                .ok()
-                                .map(|response| {
-                                    *completions.lock().unwrap().entry(task.id).or_default() += 1;
-                                    response.into_inner().task.unwrap().updated_at
-                                }),
-                        };
-                        if let Some(released_at) = released {
-                            // Another worker may already hold the task again
-                            // (after a failure's short backoff), so find this
-                            // claim by its token.
-                            let mut holds = holds.lock().unwrap();
-                            let hold = holds
-                                .get_mut(&task.id)
-                                .unwrap()
-                                .iter_mut()
-                                .find(|hold| hold.lease_token == task.lease_token)
-                                .unwrap();
-                            hold.released_at = Some(timestamp_micros(&released_at));
-                        }
-                    }
-                }
-            }));
-        }
-        for worker in workers {
-            worker.await.unwrap();
-        }
-
-        let holds = holds.lock().unwrap();
-        let completions = completions.lock().unwrap();
-        let mut page_token = String::new();
-        let mut finished = 0;
-        loop {
-            let page = tasks
-                .list_tasks(pb::ListTasksRequest {
-                    page_size: 1_000,
-                    page_token,
-                    queue: "load".to_string(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            for task in &page.tasks {
-                // Workers record their claims in whatever order they run;
-                // the server's claim times give the real order.
-                let mut task_holds = holds[&task.id].clone();
-                task_holds.sort_by_key(|hold| hold.claimed_at);
-                assert_eq!(task.attempts as usize, task_holds.len(), "task {}: one attempt per claim", task.id);
-                match task.state() {
-                    TaskState::Succeeded => assert_eq!(completions.get(&task.id), Some(&1), "task {}", task.id),
-                    TaskState::Dead => {
-                        assert_eq!(task.attempts, MAX_ATTEMPTS, "task {}", task.id);
-                        assert_eq!(completions.get(&task.id), None, "task {}", task.id);
-                    }
-                    other => panic!("task {} ended {other:?}", task.id),
-                }
-                // No claim began before the previous holder released the
-                // task or its lease expired.
-                for pair in task_holds.windows(2) {
-                    let end = pair[0].released_at.unwrap_or(pair[0].lease_expires_at);
-                    assert!(
-                        pair[1].claimed_at >= end,
-                        "task {} held by workers {} and {} at once",
-                        task.id,
-                        pair[0].worker,
-                        pair[1].worker
-                    );
-                }
-                finished += 1;
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-        assert_eq!(finished, TASKS);
+        drive_queue(vec![server.channel.clone()], 5_000).await;
     }
+}
+
+/// Eight workers spread over two replicas of one PostgreSQL database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_queue() {
+    let Some(database) = TestDatabase::create(Backend::Postgres) else {
+        return;
+    };
+    let first = ServeProcess::start(database.url(), &[]);
+    let second = ServeProcess::start(database.url(), &[]);
+    drive_queue(vec![first.channel().await, second.channel().await], 2_000).await;
+}
+
+/// A result large enough that the server is often killed while storing it.
+fn large_result(findings: usize) -> pb::TaskResult {
+    pb::TaskResult {
+        crew_name: "crash-crew".to_string(),
+        output_type: "review".to_string(),
+        findings: (0..findings)
+            .map(|index| common::new_finding(&format!("src/module_{index}.py"), "E501", "line too long"))
+            .collect(),
+        fixes: vec![pb::TaskFix {
+            file_path: "src/module_0.py".to_string(),
+            description: "wrap the line".to_string(),
+            finding_indexes: vec![0],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Kills the server between claim and completion, and during completion,
+/// and checks that a task is never done without its results, nor results
+/// stored without their task.
+async fn completion_is_atomic(backend: Backend) {
+    const FINDINGS: usize = 5_000;
+    let Some(database) = TestDatabase::create(backend) else {
+        return;
+    };
+    let count = |sql: &str| database.query_text(sql).parse::<i64>().unwrap();
+
+    let mut server = ServeProcess::start(database.url(), &[]);
+    let mut tasks = TaskServiceClient::new(server.channel().await);
+    let mut request = enqueue_request("crash");
+    request.max_attempts = 100;
+    let task = enqueue(&mut tasks, request).await;
+    claim(&mut tasks, "crash", "doomed-worker", 1, 200).await;
+    server.kill();
+
+    // Killed between claim and complete: the task is still leased, nothing
+    // of its result exists, and the lease runs out.
+    assert_eq!(database.query_text(&format!("SELECT CAST(state AS TEXT) AS value FROM tasks WHERE id = {}", task.id)), "2");
+    assert_eq!(count("SELECT CAST(count(*) AS TEXT) AS value FROM crew_outputs"), 0);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+
+    // Killed while completing, after delays that land before, during and
+    // after the transaction; the last round is not killed before the
+    // response, so the task ends completed.
+    for delay_ms in [0u64, 20, 60, 150, 400, u64::MAX] {
+        let server = ServeProcess::start(database.url(), &[]);
+        let mut tasks = TaskServiceClient::new(server.channel().await);
+        let claimed = claim(&mut tasks, "crash", "worker", 1, 5_000).await;
+        let Some(claimed) = claimed.into_iter().next() else {
+            break; // Completed in an earlier round.
+        };
+        let request = pb::CompleteTaskRequest {
+            task_id: claimed.id,
+            lease_token: claimed.lease_token,
+            result: Some(large_result(FINDINGS)),
+        };
+        let completing = tokio::spawn(async move { tasks.complete_task(request).await });
+        if delay_ms == u64::MAX {
+            completing.await.unwrap().expect("completion failed");
+        } else {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let mut server = server;
+            server.kill();
+            let _ = completing.await;
+        }
+
+        let state = database.query_text(&format!("SELECT CAST(state AS TEXT) AS value FROM tasks WHERE id = {}", task.id));
+        let runs = count("SELECT CAST(count(*) AS TEXT) AS value FROM crew_outputs");
+        let findings = count("SELECT CAST(count(*) AS TEXT) AS value FROM code_analysis_results");
+        let fixes = count("SELECT CAST(count(*) AS TEXT) AS value FROM error_handling_results");
+        eprintln!("killed {delay_ms} ms into completion: task state {state}, {findings} findings stored");
+        if state == "3" {
+            assert_eq!((runs, findings, fixes), (1, FINDINGS as i64, 1), "delay {delay_ms} ms");
+            let linked = database.query_text(&format!(
+                "SELECT CAST(crew_output_id AS TEXT) AS value FROM tasks WHERE id = {}",
+                task.id
+            ));
+            let run = database.query_text("SELECT CAST(id AS TEXT) AS value FROM crew_outputs");
+            assert_eq!(linked, run);
+            return;
+        } else {
+            assert_eq!(state, "2", "delay {delay_ms} ms");
+            assert_eq!((runs, findings, fixes), (0, 0, 0), "delay {delay_ms} ms");
+            // Release the lease of the killed round for the next claim.
+            database.query_text(&format!(
+                "UPDATE tasks SET lease_expires_at = 0 WHERE id = {} RETURNING CAST(id AS TEXT) AS value",
+                task.id
+            ));
+        }
+    }
+    panic!("task {} never completed", task.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_is_atomic_sqlite() {
+    completion_is_atomic(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_is_atomic_postgres() {
+    completion_is_atomic(Backend::Postgres).await;
 }

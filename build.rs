@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "code_analyzer/v1/analysis.proto",
     "code_analyzer/v1/fix.proto",
     "code_analyzer/v1/log.proto",
+    "code_analyzer/v1/stats.proto",
+    "code_analyzer/v1/task.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,11 +12,15 @@ use crate::api::analysis::AnalysisApi;
 use crate::api::crew::CrewApi;
 use crate::api::fix::FixApi;
 use crate::api::log::LogApi;
+use crate::api::stats::StatsApi;
+use crate::api::task::TaskApi;
 use crate::pb;
 use crate::pb::analysis_service_server::AnalysisServiceServer;
 use crate::pb::crew_service_server::CrewServiceServer;
 use crate::pb::fix_service_server::FixServiceServer;
 use crate::pb::log_service_server::LogServiceServer;
+use crate::pb::stats_service_server::StatsServiceServer;
+use crate::pb::task_service_server::TaskServiceServer;
 use crate::storage::Storage;
 
 /// Settings of a running server that do not concern the database.
@@ -62,6 +66,8 @@ pub async fn serve(
     health_reporter.set_serving::<AnalysisServiceServer<AnalysisApi>>().await;
     health_reporter.set_serving::<FixServiceServer<FixApi>>().await;
     health_reporter.set_serving::<LogServiceServer<LogApi>>().await;
+    health_reporter.set_serving::<TaskServiceServer<TaskApi>>().await;
+    health_reporter.set_serving::<StatsServiceServer<StatsApi>>().await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -76,9 +82,13 @@ pub async fn serve(
     let fix = FixServiceServer::new(FixApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let log = LogServiceServer::new(LogApi::new(storage))
+    let log = LogServiceServer::new(LogApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let task = TaskServiceServer::new(TaskApi::new(storage.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let stats = StatsServiceServer::new(StatsApi::new(storage));
 
     let grace = options.shutdown_grace;
     let (drain_sender, drain_receiver) = tokio::sync::oneshot::channel::<()>();
@@ -91,6 +101,8 @@ pub async fn serve(
         reporter.set_not_serving::<AnalysisServiceServer<AnalysisApi>>().await;
         reporter.set_not_serving::<FixServiceServer<FixApi>>().await;
         reporter.set_not_serving::<LogServiceServer<LogApi>>().await;
+        reporter.set_not_serving::<TaskServiceServer<TaskApi>>().await;
+        reporter.set_not_serving::<StatsServiceServer<StatsApi>>().await;
         let _ = drain_sender.send(());
     };
 
@@ -106,6 +118,8 @@ pub async fn serve(
         .add_service(analysis)
         .add_service(fix)
         .add_service(log)
+        .add_service(task)
+        .add_service(stats)
         .serve_with_incoming_shutdown(incoming, stop_accepting);
 
     tokio::pin!(server);

@@ -37,14 +37,15 @@ impl AnalysisApi {
     }
 }
 
-/// Validates one finding of a RecordFindings request and builds its row.
-fn new_finding_row(
-    index: usize,
+/// Validates one finding of a RecordFindings or CompleteTask request and
+/// builds its row; `field_prefix` names the finding in error messages.
+pub(crate) fn new_finding_row(
+    field_prefix: &str,
     crew_output_id: i64,
     finding: &pb::NewFinding,
     now: i64,
 ) -> Result<NewFindingRow, Status> {
-    let field = |name: &str| format!("findings[{index}].{name}");
+    let field = |name: &str| format!("{field_prefix}.{name}");
     validate::required(&field("file_path"), &finding.file_path, MAX_PATH_BYTES)?;
     validate::limited(&field("rule_id"), &finding.rule_id, MAX_NAME_BYTES)?;
     validate::limited(&field("message"), &finding.message, MAX_TEXT_BYTES)?;
@@ -126,7 +127,7 @@ fn run_imports(runs: Vec<ParsedRun>, options: &pb::ImportSarifOptions) -> Vec<Ru
             for (index, finding) in run.findings.into_iter().enumerate() {
                 for fix in finding.fixes {
                     fixes.push((
-                        index,
+                        vec![index],
                         NewFixRow {
                             crew_output_id: 0,
                             file_path: fix.file_path,
@@ -228,7 +229,7 @@ impl AnalysisService for AnalysisApi {
             .findings
             .iter()
             .enumerate()
-            .map(|(index, finding)| new_finding_row(index, crew_output_id, finding, now))
+            .map(|(index, finding)| new_finding_row(&format!("findings[{index}]"), crew_output_id, finding, now))
             .collect::<Result<Vec<_>, _>>()?;
 
         let stored = self

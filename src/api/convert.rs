@@ -6,7 +6,7 @@ use serde_json::{Map, Number};
 
 use crate::pb;
 use crate::storage::history::{HistoryEvent, HistoryRecord};
-use crate::storage::models::{CrewOutputRow, FindingRow, FixWithFindings, LogEntryRow};
+use crate::storage::models::{CrewOutputRow, FindingRow, FixWithFindings, LogEntryRow, TaskRow};
 
 /// Deepest nesting of objects and lists accepted in a JSON document.
 pub const MAX_JSON_DEPTH: usize = 32;
@@ -205,6 +205,39 @@ pub fn log_entry(row: LogEntryRow) -> pb::LogEntry {
         crew_output_id: row.crew_output_id.unwrap_or(0),
         metadata: Some(json_text_to_struct(&row.metadata)),
         created_at: Some(micros_to_timestamp(row.created_at)),
+    }
+}
+
+pub fn millis_to_duration(millis: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: millis.div_euclid(1_000),
+        nanos: (millis.rem_euclid(1_000) * 1_000_000) as i32,
+    }
+}
+
+/// Converts a task; the lease token is kept only for the worker that holds
+/// the lease (claim and heartbeat responses).
+pub fn task(row: TaskRow, with_lease_token: bool) -> pb::Task {
+    pb::Task {
+        id: row.id,
+        queue: row.queue,
+        payload: Some(json_text_to_struct(&row.payload)),
+        priority: row.priority,
+        state: row.state,
+        dedupe_key: row.dedupe_key.unwrap_or_default(),
+        attempts: row.attempts,
+        max_attempts: row.max_attempts,
+        run_at: Some(micros_to_timestamp(row.run_at)),
+        worker: row.worker,
+        lease_token: if with_lease_token { row.lease_token } else { String::new() },
+        lease_expires_at: optional_timestamp(row.lease_expires_at),
+        last_error: row.last_error,
+        crew_output_id: row.crew_output_id.unwrap_or(0),
+        retry_backoff: Some(millis_to_duration(row.retry_backoff_ms)),
+        revision: row.revision,
+        created_at: Some(micros_to_timestamp(row.created_at)),
+        updated_at: Some(micros_to_timestamp(row.updated_at)),
+        finished_at: optional_timestamp(row.finished_at),
     }
 }
 

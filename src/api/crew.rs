@@ -2,13 +2,32 @@
 
 use tonic::{Request, Response, Status};
 
-use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
+use super::paging::{DEFAULT_PAGE_SIZE, decode_name_token, encode_name_token, encode_token, page_request, page_size};
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentile_uses_nearest_rank() {
+        let values = [10.0, 20.0, 30.0, 40.0];
+        assert_eq!(percentile(&values, 50.0), 20.0);
+        assert_eq!(percentile(&values, 95.0), 40.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}
 use crate::pb::crew_service_server::CrewService;
 use crate::pb::{self, CrewOutputStatus};
-use crate::storage::Storage;
 use crate::storage::crew_outputs::{self, CrewOutputChanges, CrewOutputFilter};
+use crate::storage::crews::{self, CrewRuns};
+use crate::storage::{Storage, now_micros};
+
+/// Window of crew metrics without one, and its bounds, in milliseconds.
+const DEFAULT_WINDOW_MS: i64 = 7 * 24 * 3_600_000;
+const MIN_WINDOW_MS: i64 = 60_000;
+const MAX_WINDOW_MS: i64 = 366 * 24 * 3_600_000;
 
 pub struct CrewApi {
     storage: Storage,
@@ -75,6 +94,53 @@ fn changes(request: &pb::UpdateCrewOutputRequest) -> Result<CrewOutputChanges, S
         }
     }
     Ok(changes)
+}
+
+/// Returns the value at percentile `p` (0 to 100) of sorted values, by the
+/// nearest-rank method; 0 for no values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Computes the state and metrics of one crew from its runs.
+fn crew_metrics(runs: CrewRuns, window_ms: i64) -> pb::Crew {
+    let mut runs_by_status = std::collections::HashMap::new();
+    let mut durations_ms = Vec::new();
+    let (mut succeeded, mut finished) = (0u64, 0u64);
+    for (status, started_at, finished_at) in &runs.window_runs {
+        let status = CrewOutputStatus::try_from(*status).unwrap_or(CrewOutputStatus::Unspecified);
+        *runs_by_status.entry(status.as_str_name().to_string()).or_insert(0) += 1;
+        if crew_outputs::is_final(status) {
+            finished += 1;
+            if status == CrewOutputStatus::Succeeded {
+                succeeded += 1;
+            }
+            if let (Some(start), Some(end)) = (started_at, finished_at) {
+                durations_ms.push((end - start) as f64 / 1_000.0);
+            }
+        }
+    }
+    durations_ms.sort_by(f64::total_cmp);
+    let run_count = runs.window_runs.len();
+    pb::Crew {
+        crew_name: runs.crew_name,
+        last_run: Some(convert::crew_output(runs.last_run)),
+        runs_in_progress: runs.runs_in_progress,
+        runs_by_status,
+        success_rate: if finished == 0 { 0.0 } else { succeeded as f64 / finished as f64 },
+        duration_p50_ms: percentile(&durations_ms, 50.0),
+        duration_p95_ms: percentile(&durations_ms, 95.0),
+        findings_per_run: if run_count == 0 { 0.0 } else { runs.window_findings as f64 / run_count as f64 },
+        window: Some(convert::millis_to_duration(window_ms)),
+    }
+}
+
+fn window_ms(value: Option<&prost_types::Duration>) -> Result<i64, Status> {
+    validate::duration_ms("window", value, DEFAULT_WINDOW_MS, MIN_WINDOW_MS, MAX_WINDOW_MS)
 }
 
 #[tonic::async_trait]
@@ -147,6 +213,55 @@ impl CrewService for CrewApi {
             total_size: found.total,
             crew_outputs: found.items.into_iter().map(convert::crew_output).collect(),
         }))
+    }
+
+    async fn list_crews(
+        &self,
+        request: Request<pb::ListCrewsRequest>,
+    ) -> Result<Response<pb::ListCrewsResponse>, Status> {
+        let request = request.into_inner();
+        let window_ms = window_ms(request.window.as_ref())?;
+        let size = page_size(request.page_size, DEFAULT_PAGE_SIZE)?;
+        let after = decode_name_token(&window_ms, &request.page_token)?;
+        let window_start = now_micros() - window_ms * 1_000;
+
+        let (crews, total, more) = self
+            .storage
+            .run(move |conn| {
+                let (mut names, total) = crews::names(conn, after.as_deref(), size + 1)?;
+                let more = names.len() as i64 > size;
+                names.truncate(size as usize);
+                let mut crews = Vec::with_capacity(names.len());
+                for name in names {
+                    crews.extend(crews::runs(conn, &name, window_start)?);
+                }
+                Ok((crews, total, more))
+            })
+            .await
+            .map_err(to_status)?;
+
+        let last_name = more.then(|| crews.last().map(|crew| crew.crew_name.clone())).flatten();
+        Ok(Response::new(pb::ListCrewsResponse {
+            next_page_token: encode_name_token(&window_ms, last_name.as_deref()),
+            total_size: total,
+            crews: crews.into_iter().map(|crew| crew_metrics(crew, window_ms)).collect(),
+        }))
+    }
+
+    async fn get_crew(&self, request: Request<pb::GetCrewRequest>) -> Result<Response<pb::Crew>, Status> {
+        let request = request.into_inner();
+        validate::required("crew_name", &request.crew_name, MAX_NAME_BYTES)?;
+        let window_ms = window_ms(request.window.as_ref())?;
+        let window_start = now_micros() - window_ms * 1_000;
+
+        let name = request.crew_name.clone();
+        let runs = self
+            .storage
+            .run(move |conn| crews::runs(conn, &name, window_start))
+            .await
+            .map_err(to_status)?
+            .ok_or_else(|| Status::not_found(format!("crew {:?} not found: it has no runs", request.crew_name)))?;
+        Ok(Response::new(crew_metrics(runs, window_ms)))
     }
 
     async fn update_crew_output(

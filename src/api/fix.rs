@@ -26,6 +26,33 @@ impl FixApi {
     }
 }
 
+/// Validates the fields of a fix to record and builds its row;
+/// `field_prefix` names the fix in error messages ("" for a top-level fix).
+pub(crate) fn new_fix_row(
+    field_prefix: &str,
+    crew_output_id: i64,
+    file_path: &str,
+    description: String,
+    changes: Option<&prost_types::Struct>,
+    status: i32,
+    now: i64,
+) -> Result<NewFixRow, Status> {
+    let field = |name: &str| format!("{field_prefix}{name}");
+    validate::required(&field("file_path"), file_path, MAX_PATH_BYTES)?;
+    validate::limited(&field("description"), &description, MAX_TEXT_BYTES)?;
+    let changes = validate::document(&field("changes"), changes, MAX_DOCUMENT_BYTES)?;
+    let status = validate::enum_value(&field("status"), status)?.unwrap_or(FixStatus::Proposed);
+    Ok(NewFixRow {
+        crew_output_id,
+        file_path: paths::normalize(file_path),
+        description,
+        changes,
+        status: status as i32,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
 fn finding_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
     if ids.len() > MAX_LINKED_FINDINGS {
         return Err(super::invalid_argument(
@@ -47,22 +74,17 @@ impl FixService for FixApi {
     ) -> Result<Response<pb::Fix>, Status> {
         let request = request.into_inner();
         let crew_output_id = validate::id("crew_output_id", request.crew_output_id)?;
-        validate::required("file_path", &request.file_path, MAX_PATH_BYTES)?;
-        validate::limited("description", &request.description, MAX_TEXT_BYTES)?;
-        let changes = validate::document("changes", request.changes.as_ref(), MAX_DOCUMENT_BYTES)?;
-        let status = validate::enum_value("status", request.status)?.unwrap_or(FixStatus::Proposed);
+        let row = new_fix_row(
+            "",
+            crew_output_id,
+            &request.file_path,
+            request.description,
+            request.changes.as_ref(),
+            request.status,
+            now_micros(),
+        )?;
         let linked = finding_ids("finding_ids", &request.finding_ids)?;
 
-        let now = now_micros();
-        let row = NewFixRow {
-            crew_output_id,
-            file_path: paths::normalize(&request.file_path),
-            description: request.description,
-            changes,
-            status: status as i32,
-            created_at: now,
-            updated_at: now,
-        };
         let stored = self
             .storage
             .run(move |conn| fixes::insert(conn, row, linked))

@@ -7,6 +7,8 @@ pub mod crew;
 pub mod fix;
 pub mod log;
 pub mod paging;
+pub mod stats;
+pub mod task;
 pub mod validate;
 
 use std::time::Duration;

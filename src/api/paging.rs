@@ -48,6 +48,44 @@ fn decode_token(filter: &impl Debug, token: &str) -> Option<Cursor> {
     (parts.next().is_none() && hash == filter_hash(filter)).then_some(Cursor { key, id })
 }
 
+/// Encodes the last name of a page ordered by name.
+pub fn encode_name_token(filter: &impl Debug, last_name: Option<&str>) -> String {
+    match last_name {
+        None => String::new(),
+        Some(name) => URL_SAFE_NO_PAD.encode(format!("n1:{:016x}:{name}", filter_hash(filter))),
+    }
+}
+
+/// Decodes a token of `encode_name_token`; `Ok(None)` for an empty token.
+pub fn decode_name_token(filter: &impl Debug, token: &str) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || invalid_argument("page_token", "is not a token this server issued for the same filters");
+    let raw = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(invalid)?;
+    let rest = raw.strip_prefix("n1:").ok_or_else(invalid)?;
+    let (hash, name) = rest.split_once(':').ok_or_else(invalid)?;
+    if u64::from_str_radix(hash, 16).ok() != Some(filter_hash(filter)) {
+        return Err(invalid());
+    }
+    Ok(Some(name.to_string()))
+}
+
+/// Returns the page size of a list RPC from its `page_size` field.
+pub fn page_size(page_size: i32, default_size: i32) -> Result<i64, Status> {
+    if page_size < 0 {
+        return Err(invalid_argument("page_size", format!("must not be negative, got {page_size}")));
+    }
+    Ok(i64::from(match page_size {
+        0 => default_size,
+        size => size.min(MAX_PAGE_SIZE),
+    }))
+}
+
 /// Builds the page request of a list RPC from its `page_size` and
 /// `page_token` fields.
 pub fn page_request(
@@ -56,13 +94,7 @@ pub fn page_request(
     page_token: &str,
     default_size: i32,
 ) -> Result<PageRequest, Status> {
-    if page_size < 0 {
-        return Err(invalid_argument("page_size", format!("must not be negative, got {page_size}")));
-    }
-    let size = match page_size {
-        0 => default_size,
-        size => size.min(MAX_PAGE_SIZE),
-    };
+    let size = self::page_size(page_size, default_size)?;
     let after = if page_token.is_empty() {
         None
     } else {
@@ -73,10 +105,7 @@ pub fn page_request(
             )
         })?)
     };
-    Ok(PageRequest {
-        size: i64::from(size),
-        after,
-    })
+    Ok(PageRequest { size, after })
 }
 
 #[cfg(test)]

@@ -112,3 +112,30 @@ pub fn batch_len(field: &str, len: usize) -> Result<(), Status> {
     }
     Ok(())
 }
+
+/// Converts an optional duration to milliseconds: `default_ms` when unset,
+/// otherwise checked against the range.
+pub fn duration_ms(
+    field: &str,
+    value: Option<&prost_types::Duration>,
+    default_ms: i64,
+    min_ms: i64,
+    max_ms: i64,
+) -> Result<i64, Status> {
+    let Some(value) = value else {
+        return Ok(default_ms);
+    };
+    let millis = value
+        .seconds
+        .checked_mul(1_000)
+        .and_then(|millis| millis.checked_add(i64::from(value.nanos / 1_000_000)))
+        .filter(|_| value.nanos >= 0 && value.nanos < 1_000_000_000)
+        .ok_or_else(|| invalid_argument(field, "is not a valid duration"))?;
+    if !(min_ms..=max_ms).contains(&millis) {
+        return Err(invalid_argument(
+            field,
+            format!("is {millis} ms, outside the range {min_ms} ms to {max_ms} ms"),
+        ));
+    }
+    Ok(millis)
+}

@@ -6,13 +6,14 @@ use std::collections::BTreeSet;
 use super::models::{FixFindingRow, NewCrewOutputRow, NewFindingRow, NewFixRow};
 use super::{Conn, StorageError, crew_outputs, findings, fixes, transaction};
 
-/// One run to import. `fixes` pairs each fix with the index of its finding
-/// in `findings`; `crew_output_id` of the rows is filled in on insert.
+/// One run to import. `fixes` pairs each fix with the indexes of the
+/// findings in `findings` it addresses; `crew_output_id` of the rows is
+/// filled in on insert.
 #[derive(Debug, Clone)]
 pub struct RunImport {
     pub crew_output: NewCrewOutputRow,
     pub findings: Vec<NewFindingRow>,
-    pub fixes: Vec<(usize, NewFixRow)>,
+    pub fixes: Vec<(Vec<usize>, NewFixRow)>,
 }
 
 /// What one imported run stored.
@@ -34,7 +35,7 @@ pub fn import_runs(conn: &mut Conn, runs: Vec<RunImport>) -> Result<Vec<Imported
             }
             let finding_ids = findings::insert_rows(conn, &run.findings)?;
 
-            let (finding_indexes, mut fix_rows): (Vec<usize>, Vec<NewFixRow>) =
+            let (finding_indexes, mut fix_rows): (Vec<Vec<usize>>, Vec<NewFixRow>) =
                 run.fixes.into_iter().unzip();
             for fix in &mut fix_rows {
                 fix.crew_output_id = crew_output_id;
@@ -43,9 +44,12 @@ pub fn import_runs(conn: &mut Conn, runs: Vec<RunImport>) -> Result<Vec<Imported
             let links: Vec<FixFindingRow> = finding_indexes
                 .iter()
                 .zip(fix_ids)
-                .map(|(finding_index, fix_id)| FixFindingRow {
-                    fix_id,
-                    finding_id: finding_ids[*finding_index],
+                .flat_map(|(indexes, fix_id)| {
+                    let finding_ids = &finding_ids;
+                    indexes.iter().map(move |index| FixFindingRow {
+                        fix_id,
+                        finding_id: finding_ids[*index],
+                    })
                 })
                 .collect();
             fixes::insert_links(conn, &links)?;

@@ -10,6 +10,7 @@
 //! functions compose inside one transaction.
 
 pub mod crew_outputs;
+pub mod crews;
 pub mod findings;
 pub mod fixes;
 pub mod history;
@@ -18,6 +19,8 @@ pub mod logs;
 pub mod models;
 pub mod paging;
 pub mod schema;
+pub mod stats;
+pub mod tasks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -394,13 +397,22 @@ fn version_names(
 /// Runs `work` in one transaction: commits when it returns `Ok`, rolls back
 /// when it returns `Err`. SQLite transactions start with `BEGIN IMMEDIATE`,
 /// so a writer takes the write lock up front and waits out the busy timeout
-/// instead of failing when a read lock cannot be upgraded.
+/// instead of failing when a read lock cannot be upgraded. Inside another
+/// transaction, `work` runs under a savepoint.
 pub fn transaction<T>(
     conn: &mut Conn,
     work: impl FnOnce(&mut Conn) -> Result<T, StorageError>,
 ) -> Result<T, StorageError> {
+    let nested = with_conn!(conn, c => {
+        AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth()?
+            .is_some()
+    });
     match conn {
-        Conn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")?,
+        Conn::Sqlite(c) if !nested => {
+            AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")?
+        }
+        Conn::Sqlite(c) => AnsiTransactionManager::begin_transaction(&mut **c)?,
         Conn::Postgres(c) => AnsiTransactionManager::begin_transaction(&mut **c)?,
     }
     match work(conn) {

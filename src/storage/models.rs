@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 
 use super::schema::{
-    code_analysis_results, crew_outputs, error_handling_results, fix_findings, log_entries,
+    code_analysis_results, crew_outputs, error_handling_results, fix_findings, log_entries, tasks,
 };
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -153,6 +153,46 @@ pub struct NewLogEntryRow {
     pub message: String,
     pub crew_name: String,
     pub metadata: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = tasks)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct TaskRow {
+    pub id: i64,
+    pub queue: String,
+    pub payload: String,
+    pub priority: i32,
+    pub state: i32,
+    pub dedupe_key: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub retry_backoff_ms: i64,
+    pub run_at: i64,
+    pub worker: String,
+    pub lease_token: String,
+    pub lease_expires_at: Option<i64>,
+    pub last_error: String,
+    pub crew_output_id: Option<i64>,
+    pub revision: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = tasks)]
+pub struct NewTaskRow {
+    pub queue: String,
+    pub payload: String,
+    pub priority: i32,
+    pub state: i32,
+    pub dedupe_key: Option<String>,
+    pub max_attempts: i32,
+    pub retry_backoff_ms: i64,
+    pub run_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }

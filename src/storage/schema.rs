@@ -77,11 +77,36 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    tasks (id) {
+        id -> BigInt,
+        queue -> Text,
+        payload -> Text,
+        priority -> Integer,
+        state -> Integer,
+        dedupe_key -> Nullable<Text>,
+        attempts -> Integer,
+        max_attempts -> Integer,
+        retry_backoff_ms -> BigInt,
+        run_at -> BigInt,
+        worker -> Text,
+        lease_token -> Text,
+        lease_expires_at -> Nullable<BigInt>,
+        last_error -> Text,
+        crew_output_id -> Nullable<BigInt>,
+        revision -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(code_analysis_results -> crew_outputs (crew_output_id));
 diesel::joinable!(error_handling_results -> crew_outputs (crew_output_id));
 diesel::joinable!(fix_findings -> error_handling_results (fix_id));
 diesel::joinable!(fix_findings -> code_analysis_results (finding_id));
 diesel::joinable!(log_entries -> crew_outputs (crew_output_id));
+diesel::joinable!(tasks -> crew_outputs (crew_output_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     crew_outputs,
@@ -89,4 +114,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     error_handling_results,
     fix_findings,
     log_entries,
+    tasks,
 );

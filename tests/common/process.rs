@@ -1,0 +1,114 @@
+//! A `code-analyzer serve` child process, for tests and benchmarks that need
+//! the real binary: several replicas, a killed server, peak memory.
+//!
+//! The process logs JSON lines; the start-up line carries the address it
+//! listens on and the migrations it applied. Dropping the value kills the
+//! process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct ServeProcess {
+    child: Child,
+    /// `host:port` the server listens on.
+    pub address: String,
+    /// The `migrations_applied` field of the start-up line, such as `[]`.
+    pub migrations_applied: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    /// Starts `binary serve` on `database_url` with `extra_args` and waits
+    /// for its start-up line; panics with its output if it exits first.
+    pub fn start_binary(binary: &Path, database_url: &str, extra_args: &[&str]) -> ServeProcess {
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--database-url", database_url])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", binary.display()));
+
+        // Keep reading stderr after the start-up line, so the server never
+        // blocks on a full pipe.
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (started, start_line) = mpsc::channel();
+        let reader = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let lines = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let fields = &event["fields"];
+                    if let Some(address) = fields["address"].as_str() {
+                        let applied = fields["migrations_applied"].as_str().unwrap_or_default();
+                        let _ = started.send((address.to_string(), applied.to_string()));
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+
+        match start_line.recv_timeout(STARTUP_TIMEOUT) {
+            Ok((address, migrations_applied)) => ServeProcess {
+                child,
+                address,
+                migrations_applied,
+                stderr,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve printed no start-up line; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+            }
+        }
+    }
+
+    /// Starts the binary that Cargo built for the integration tests.
+    pub fn start(database_url: &str, extra_args: &[&str]) -> ServeProcess {
+        Self::start_binary(Path::new(env!("CARGO_BIN_EXE_code-analyzer")), database_url, extra_args)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.url())
+            .expect("valid server URL")
+            .connect()
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", self.url()))
+    }
+
+    /// The log lines printed so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash or power loss would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -18,7 +18,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Database to use: sqlite://PATH (or a bare path) or postgres://USER@HOST/DB.
-    #[arg(long, env = "CODE_ANALYZER_DATABASE_URL", default_value = "sqlite://analyzer.db")]
+    #[arg(
+        long,
+        env = "CODE_ANALYZER_DATABASE_URL",
+        default_value = "sqlite://analyzer.db"
+    )]
     pub database_url: String,
 
     /// Most database connections the pool opens.
@@ -36,7 +40,12 @@ pub struct DatabaseArgs {
 
     /// PostgreSQL only: seconds a statement may run before the database
     /// cancels it; 0 means no limit.
-    #[arg(long = "statement-timeout", env = "CODE_ANALYZER_STATEMENT_TIMEOUT", value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long = "statement-timeout",
+        env = "CODE_ANALYZER_STATEMENT_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
     pub statement_timeout_secs: u64,
 }
 
@@ -69,7 +78,12 @@ pub struct ServeArgs {
     pub max_sarif_bytes: usize,
 
     /// Seconds that calls in flight may take to finish after SIGTERM or SIGINT.
-    #[arg(long = "shutdown-grace", env = "CODE_ANALYZER_SHUTDOWN_GRACE", value_name = "SECONDS", default_value_t = 10)]
+    #[arg(
+        long = "shutdown-grace",
+        env = "CODE_ANALYZER_SHUTDOWN_GRACE",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
     pub shutdown_grace_secs: u64,
 
     /// Format of the server's log lines; the level comes from RUST_LOG (default "info").

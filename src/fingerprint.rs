@@ -20,7 +20,10 @@ pub fn derive(rule_id: &str, file_path: &str, message: &str) -> String {
         hasher.update(part.as_bytes());
     }
     let digest = hasher.finalize();
-    digest[..16].iter().map(|byte| format!("{byte:02x}")).collect()
+    digest[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,14 +6,20 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use code_analyzer::client::{self, history::HistoryArgs, import_sarif::ImportSarifArgs, push_logs::PushLogsArgs};
+use code_analyzer::client::{
+    self, history::HistoryArgs, import_sarif::ImportSarifArgs, push_logs::PushLogsArgs,
+};
 use code_analyzer::config::{DatabaseArgs, LogFormat, ServeArgs};
 use code_analyzer::server::{self, ServerOptions};
 use code_analyzer::storage::Storage;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "code-analyzer", version, about = "gRPC record server for code-analysis crews")]
+#[command(
+    name = "code-analyzer",
+    version,
+    about = "gRPC record server for code-analysis crews"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,32 +61,35 @@ async fn open_and_migrate(database: &DatabaseArgs) -> Result<(Storage, Vec<Strin
     Ok((storage, applied))
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+/// Installs the SIGTERM and SIGINT handlers at once, so a signal that
+/// arrives while the server is still starting stops it gracefully, and
+/// returns a future that completes on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|error| format!("cannot handle SIGTERM: {error}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|error| format!("cannot handle SIGINT: {error}"))?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => tracing::info!("received SIGINT"),
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
             _ = terminate.recv() => tracing::info!("received SIGTERM"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, String> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("received Ctrl-C");
-    }
+    })
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     init_tracing(args.log_format);
+    let shutdown = shutdown_signal()?;
     let (storage, applied) = open_and_migrate(&args.database).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -101,7 +110,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         max_sarif_bytes: args.max_sarif_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
-    server::serve(storage, options, listener, shutdown_signal())
+    server::serve(storage, options, listener, shutdown)
         .await
         .map_err(|error| format!("server failed: {error}"))
 }
@@ -112,7 +121,11 @@ async fn migrate(args: DatabaseArgs) -> Result<(), String> {
     if applied.is_empty() {
         println!("The {} database is up to date.", storage.backend().name());
     } else {
-        println!("Applied {} migrations: {}", applied.len(), applied.join(", "));
+        println!(
+            "Applied {} migrations: {}",
+            applied.len(),
+            applied.join(", ")
+        );
     }
     Ok(())
 }
@@ -123,9 +136,15 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
-        Command::ImportSarif(args) => client::import_sarif::run(args).await.map_err(|error| error.to_string()),
-        Command::PushLogs(args) => client::push_logs::run(args).await.map_err(|error| error.to_string()),
-        Command::History(args) => client::history::run(args).await.map_err(|error| error.to_string()),
+        Command::ImportSarif(args) => client::import_sarif::run(args)
+            .await
+            .map_err(|error| error.to_string()),
+        Command::PushLogs(args) => client::push_logs::run(args)
+            .await
+            .map_err(|error| error.to_string()),
+        Command::History(args) => client::history::run(args)
+            .await
+            .map_err(|error| error.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

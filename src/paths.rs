@@ -12,7 +12,11 @@ pub fn normalize(path: &str) -> String {
         .filter(|part| !part.is_empty() && *part != ".")
         .collect();
     let joined = parts.join("/");
-    if absolute { format!("/{joined}") } else { joined }
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 /// Decodes `%XX` escapes of a URI path; an invalid escape is kept as it is.
@@ -87,12 +91,24 @@ mod tests {
     #[test]
     fn file_uris_become_relative_paths() {
         let uri = "file:///home/dev/crewAI/lib/crewai/a%20b.py";
-        assert_eq!(relative_to(uri, Some("/home/dev/crewAI")), "lib/crewai/a b.py");
-        assert_eq!(relative_to(uri, Some("/home/dev/crewAI/")), "lib/crewai/a b.py");
-        assert_eq!(relative_to(uri, Some("file:///home/dev/crewAI")), "lib/crewai/a b.py");
+        assert_eq!(
+            relative_to(uri, Some("/home/dev/crewAI")),
+            "lib/crewai/a b.py"
+        );
+        assert_eq!(
+            relative_to(uri, Some("/home/dev/crewAI/")),
+            "lib/crewai/a b.py"
+        );
+        assert_eq!(
+            relative_to(uri, Some("file:///home/dev/crewAI")),
+            "lib/crewai/a b.py"
+        );
         assert_eq!(relative_to(uri, None), "/home/dev/crewAI/lib/crewai/a b.py");
         // A root that only shares a prefix of a name is not a parent.
-        assert_eq!(relative_to(uri, Some("/home/dev/crew")), "/home/dev/crewAI/lib/crewai/a b.py");
+        assert_eq!(
+            relative_to(uri, Some("/home/dev/crew")),
+            "/home/dev/crewAI/lib/crewai/a b.py"
+        );
         assert_eq!(relative_to("src/main.rs", Some("/repo")), "src/main.rs");
         assert_eq!(relative_to("file://host/share/a.c", Some("/share")), "a.c");
     }

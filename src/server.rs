@@ -62,12 +62,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CrewServiceServer<CrewApi>>().await;
-    health_reporter.set_serving::<AnalysisServiceServer<AnalysisApi>>().await;
-    health_reporter.set_serving::<FixServiceServer<FixApi>>().await;
-    health_reporter.set_serving::<LogServiceServer<LogApi>>().await;
-    health_reporter.set_serving::<TaskServiceServer<TaskApi>>().await;
-    health_reporter.set_serving::<StatsServiceServer<StatsApi>>().await;
+    health_reporter
+        .set_serving::<CrewServiceServer<CrewApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AnalysisServiceServer<AnalysisApi>>()
+        .await;
+    health_reporter
+        .set_serving::<FixServiceServer<FixApi>>()
+        .await;
+    health_reporter
+        .set_serving::<LogServiceServer<LogApi>>()
+        .await;
+    health_reporter
+        .set_serving::<TaskServiceServer<TaskApi>>()
+        .await;
+    health_reporter
+        .set_serving::<StatsServiceServer<StatsApi>>()
+        .await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -76,9 +88,10 @@ pub async fn serve(
     let crew = CrewServiceServer::new(CrewApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let analysis = AnalysisServiceServer::new(AnalysisApi::new(storage.clone(), options.max_sarif_bytes))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+    let analysis =
+        AnalysisServiceServer::new(AnalysisApi::new(storage.clone(), options.max_sarif_bytes))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
     let fix = FixServiceServer::new(FixApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -95,14 +108,27 @@ pub async fn serve(
     let reporter = health_reporter.clone();
     let stop_accepting = async move {
         shutdown.await;
-        tracing::info!(grace_secs = grace.as_secs(), "shutting down: refusing new calls");
-        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-        reporter.set_not_serving::<CrewServiceServer<CrewApi>>().await;
-        reporter.set_not_serving::<AnalysisServiceServer<AnalysisApi>>().await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: refusing new calls"
+        );
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_not_serving::<CrewServiceServer<CrewApi>>()
+            .await;
+        reporter
+            .set_not_serving::<AnalysisServiceServer<AnalysisApi>>()
+            .await;
         reporter.set_not_serving::<FixServiceServer<FixApi>>().await;
         reporter.set_not_serving::<LogServiceServer<LogApi>>().await;
-        reporter.set_not_serving::<TaskServiceServer<TaskApi>>().await;
-        reporter.set_not_serving::<StatsServiceServer<StatsApi>>().await;
+        reporter
+            .set_not_serving::<TaskServiceServer<TaskApi>>()
+            .await;
+        reporter
+            .set_not_serving::<StatsServiceServer<StatsApi>>()
+            .await;
         let _ = drain_sender.send(());
     };
 

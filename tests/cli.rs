@@ -4,28 +4,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process;
 use common::{FIXTURE_SOURCE_ROOT, SMALL_SARIF, SMALL_SARIF_AGENT_PATH, fixture, in_ci};
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_code-analyzer");
-const LISTENING: &str = "code-analyzer listening on ";
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const FIXTURE_LOGS: [&str; 4] = ["apache", "hdfs", "spark", "zookeeper"];
 
-/// A `code-analyzer serve` child process on a fresh SQLite file. Dropping
-/// it kills the process.
+/// A `code-analyzer serve` child process on a fresh SQLite file in a
+/// temporary folder; dropping it kills the process.
 struct ServeProcess {
-    child: Child,
-    /// `host:port` from the listening line.
+    process: process::ServeProcess,
+    /// `host:port` from the start-up line.
     address: String,
-    stderr: Arc<Mutex<Vec<String>>>,
     folder: tempfile::TempDir,
 }
 
@@ -33,69 +28,16 @@ impl ServeProcess {
     fn start() -> ServeProcess {
         let folder = tempfile::TempDir::new().unwrap();
         let database_url = format!("sqlite://{}", folder.path().join("cli.db").display());
-        let mut child = Command::new(BINARY)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                &database_url,
-                "--shutdown-grace",
-                "1",
-            ])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start code-analyzer serve");
-
-        // Keep reading stderr after the listening line, so the server never
-        // blocks on a full pipe.
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (address_sender, address_receiver) = mpsc::channel();
-        let reader = BufReader::new(child.stderr.take().unwrap());
-        let lines = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in reader.lines() {
-                let Ok(line) = line else { break };
-                let address = line.find(LISTENING).map(|start| {
-                    let rest = &line[start + LISTENING.len()..];
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string()
-                });
-                // Store the line first, so the test sees it once it has the address.
-                lines.lock().unwrap().push(line);
-                if let Some(address) = address {
-                    let _ = address_sender.send(address);
-                }
-            }
-        });
-
-        let address = match address_receiver.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "serve printed no listening line; stderr:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                );
-            }
-        };
+        let process = process::ServeProcess::start(&database_url, &["--shutdown-grace", "1"]);
         ServeProcess {
-            child,
-            address,
-            stderr,
+            address: process.address.clone(),
+            process,
             folder,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.address)
+        self.process.url()
     }
 
     /// Runs a client subcommand against this server with `--json` and
@@ -130,14 +72,7 @@ impl ServeProcess {
     }
 
     fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.stderr_lines().join("\n")
     }
 }
 
@@ -206,7 +141,7 @@ fn serve_logs_listening_address() {
 
 /// Sends SIGTERM to the serve process and waits for it to exit.
 fn terminate(server: &mut ServeProcess) -> std::process::ExitStatus {
-    let pid = server.child.id().to_string();
+    let pid = server.process.pid().to_string();
     let signal = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -215,7 +150,7 @@ fn terminate(server: &mut ServeProcess) -> std::process::ExitStatus {
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
+        if let Some(status) = server.process.try_wait() {
             break status;
         }
         assert!(
@@ -251,7 +186,6 @@ fn serve_stops_on_sigterm() {
 }
 
 #[test]
-#[ignore = "bug: serve logs its listening line before it handles SIGTERM, so an early SIGTERM kills it without a graceful stop"]
 fn serve_stops_on_early_sigterm() {
     let mut server = ServeProcess::start();
 

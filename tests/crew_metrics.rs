@@ -11,7 +11,12 @@ use tonic::Code;
 
 /// Creates a run of `crew`, moves it through `statuses`, and records
 /// `findings` findings on it.
-async fn record_run(server: &mut TestServer, crew: &str, statuses: &[CrewOutputStatus], findings: usize) -> pb::CrewOutput {
+async fn record_run(
+    server: &mut TestServer,
+    crew: &str,
+    statuses: &[CrewOutputStatus],
+    findings: usize,
+) -> pb::CrewOutput {
     let mut output = server.create_crew_output(crew).await;
     for status in statuses {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -33,7 +38,9 @@ async fn record_run(server: &mut TestServer, crew: &str, statuses: &[CrewOutputS
     }
     if findings > 0 {
         let batch = (0..findings)
-            .map(|index| common::new_finding(&format!("src/file_{index}.py"), "E501", "line too long"))
+            .map(|index| {
+                common::new_finding(&format!("src/file_{index}.py"), "E501", "line too long")
+            })
             .collect();
         server.record_findings(output.id, batch).await;
     }
@@ -41,122 +48,146 @@ async fn record_run(server: &mut TestServer, crew: &str, statuses: &[CrewOutputS
 }
 
 fn count(counts: &[pb::NamedCount], name: &str) -> i64 {
-    counts.iter().find(|entry| entry.name == name).map(|entry| entry.count).unwrap_or(0)
+    counts
+        .iter()
+        .find(|entry| entry.name == name)
+        .map(|entry| entry.count)
+        .unwrap_or(0)
 }
 
-backend_tests! {
-    async fn crew_metrics_cover_window(mut server) {
-        use CrewOutputStatus::*;
-        record_run(&mut server, "reviewer", &[Running, Succeeded], 4).await;
-        record_run(&mut server, "reviewer", &[Running, Succeeded], 2).await;
-        record_run(&mut server, "reviewer", &[Running, Failed], 0).await;
-        record_run(&mut server, "reviewer", &[Running], 0).await;
-        let last = record_run(&mut server, "reviewer", &[], 0).await;
+async fn crew_metrics_cover_window(mut server: TestServer) {
+    use CrewOutputStatus::*;
+    record_run(&mut server, "reviewer", &[Running, Succeeded], 4).await;
+    record_run(&mut server, "reviewer", &[Running, Succeeded], 2).await;
+    record_run(&mut server, "reviewer", &[Running, Failed], 0).await;
+    record_run(&mut server, "reviewer", &[Running], 0).await;
+    let last = record_run(&mut server, "reviewer", &[], 0).await;
 
-        let crew = server
-            .crew
+    let crew = server
+        .crew
+        .get_crew(pb::GetCrewRequest {
+            crew_name: "reviewer".to_string(),
+            window: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(crew.last_run.unwrap().id, last.id);
+    assert_eq!(crew.runs_in_progress, 2);
+    assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_SUCCEEDED"], 2);
+    assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_FAILED"], 1);
+    assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_RUNNING"], 1);
+    assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_PENDING"], 1);
+    assert!(
+        (crew.success_rate - 2.0 / 3.0).abs() < 1e-9,
+        "success rate {}",
+        crew.success_rate
+    );
+    assert!(crew.duration_p50_ms > 0.0);
+    assert!(crew.duration_p95_ms >= crew.duration_p50_ms);
+    assert!(
+        (crew.findings_per_run - 6.0 / 5.0).abs() < 1e-9,
+        "findings per run {}",
+        crew.findings_per_run
+    );
+    assert_eq!(crew.window.unwrap().seconds, 7 * 24 * 3_600);
+}
+
+async fn get_crew_rejects_unknown_and_bad_window(server: TestServer) {
+    let mut crews = server.crew.clone();
+    let status = expect_error(
+        crews
             .get_crew(pb::GetCrewRequest {
-                crew_name: "reviewer".to_string(),
+                crew_name: "nobody".to_string(),
+                window: None,
+            })
+            .await,
+    );
+    assert_status(&status, Code::NotFound, "crew \"nobody\" not found");
+    let status = expect_error(
+        crews
+            .get_crew(pb::GetCrewRequest {
+                crew_name: "nobody".to_string(),
+                window: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            })
+            .await,
+    );
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "window: is 1000 ms, outside the range",
+    );
+}
+
+async fn list_crews_pages_by_name(mut server: TestServer) {
+    for crew in ["delta", "alpha", "charlie", "bravo", "alpha"] {
+        record_run(&mut server, crew, &[], 0).await;
+    }
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = server
+            .crew
+            .list_crews(pb::ListCrewsRequest {
+                page_size: 3,
+                page_token,
                 window: None,
             })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(crew.last_run.unwrap().id, last.id);
-        assert_eq!(crew.runs_in_progress, 2);
-        assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_SUCCEEDED"], 2);
-        assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_FAILED"], 1);
-        assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_RUNNING"], 1);
-        assert_eq!(crew.runs_by_status["CREW_OUTPUT_STATUS_PENDING"], 1);
-        assert!((crew.success_rate - 2.0 / 3.0).abs() < 1e-9, "success rate {}", crew.success_rate);
-        assert!(crew.duration_p50_ms > 0.0);
-        assert!(crew.duration_p95_ms >= crew.duration_p50_ms);
-        assert!((crew.findings_per_run - 6.0 / 5.0).abs() < 1e-9, "findings per run {}", crew.findings_per_run);
-        assert_eq!(crew.window.unwrap().seconds, 7 * 24 * 3_600);
-    }
-
-    async fn get_crew_rejects_unknown_and_bad_window(server) {
-        let mut crews = server.crew.clone();
-        let status = expect_error(
-            crews
-                .get_crew(pb::GetCrewRequest {
-                    crew_name: "nobody".to_string(),
-                    window: None,
-                })
-                .await,
-        );
-        assert_status(&status, Code::NotFound, "crew \"nobody\" not found");
-        let status = expect_error(
-            crews
-                .get_crew(pb::GetCrewRequest {
-                    crew_name: "nobody".to_string(),
-                    window: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                })
-                .await,
-        );
-        assert_status(&status, Code::InvalidArgument, "window: is 1000 ms, outside the range");
-    }
-
-    async fn list_crews_pages_by_name(mut server) {
-        for crew in ["delta", "alpha", "charlie", "bravo", "alpha"] {
-            record_run(&mut server, crew, &[], 0).await;
+        assert_eq!(page.total_size, 4);
+        names.extend(page.crews.into_iter().map(|crew| crew.crew_name));
+        if page.next_page_token.is_empty() {
+            break;
         }
-        let mut names = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = server
-                .crew
-                .list_crews(pb::ListCrewsRequest {
-                    page_size: 3,
-                    page_token,
-                    window: None,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(page.total_size, 4);
-            names.extend(page.crews.into_iter().map(|crew| crew.crew_name));
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-        assert_eq!(names, ["alpha", "bravo", "charlie", "delta"]);
+        page_token = page.next_page_token;
     }
+    assert_eq!(names, ["alpha", "bravo", "charlie", "delta"]);
+}
 
-    async fn stats_count_everything(mut server) {
-        let output = record_run(&mut server, "ruff", &[], 0).await;
-        let mut findings = vec![
-            common::new_finding("a.py", "S101", "assert used"),
-            common::new_finding("b.py", "S101", "assert used"),
-        ];
-        findings[0].priority = pb::Priority::High as i32;
-        server.record_findings(output.id, findings).await;
-        server
-            .ingest(vec![vec![
-                common::log_entry("s:1", "INFO", "started"),
-                common::log_entry("s:2", "INFO2", "still going"),
-                common::log_entry("s:3", "warning", "slow"),
-            ]])
-            .await
-            .unwrap();
+async fn stats_count_everything(mut server: TestServer) {
+    let output = record_run(&mut server, "ruff", &[], 0).await;
+    let mut findings = vec![
+        common::new_finding("a.py", "S101", "assert used"),
+        common::new_finding("b.py", "S101", "assert used"),
+    ];
+    findings[0].priority = pb::Priority::High as i32;
+    server.record_findings(output.id, findings).await;
+    server
+        .ingest(vec![vec![
+            common::log_entry("s:1", "INFO", "started"),
+            common::log_entry("s:2", "INFO2", "still going"),
+            common::log_entry("s:3", "warning", "slow"),
+        ]])
+        .await
+        .unwrap();
 
-        let stats = StatsServiceClient::new(server.channel.clone())
-            .get_stats(pb::GetStatsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(stats.crew_outputs, 1);
-        assert_eq!(stats.findings, 2);
-        assert_eq!(stats.log_entries, 3);
-        assert_eq!(count(&stats.findings_by_priority, "PRIORITY_HIGH"), 1);
-        assert_eq!(count(&stats.findings_by_priority, "PRIORITY_MEDIUM"), 1);
-        assert_eq!(count(&stats.findings_by_status, "FINDING_STATUS_OPEN"), 2);
-        assert_eq!(count(&stats.log_entries_by_severity, "SEVERITY_INFO"), 2);
-        assert_eq!(count(&stats.log_entries_by_severity, "SEVERITY_WARN"), 1);
-        let rate = stats.log_entries_rate.unwrap();
-        assert!((rate.last_minute_per_second - 3.0 / 60.0).abs() < 1e-9);
-        assert!((rate.last_hour_per_second - 3.0 / 3_600.0).abs() < 1e-9);
-        assert!((stats.findings_rate.unwrap().last_minute_per_second - 2.0 / 60.0).abs() < 1e-9);
-    }
+    let stats = StatsServiceClient::new(server.channel.clone())
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.crew_outputs, 1);
+    assert_eq!(stats.findings, 2);
+    assert_eq!(stats.log_entries, 3);
+    assert_eq!(count(&stats.findings_by_priority, "PRIORITY_HIGH"), 1);
+    assert_eq!(count(&stats.findings_by_priority, "PRIORITY_MEDIUM"), 1);
+    assert_eq!(count(&stats.findings_by_status, "FINDING_STATUS_OPEN"), 2);
+    assert_eq!(count(&stats.log_entries_by_severity, "SEVERITY_INFO"), 2);
+    assert_eq!(count(&stats.log_entries_by_severity, "SEVERITY_WARN"), 1);
+    let rate = stats.log_entries_rate.unwrap();
+    assert!((rate.last_minute_per_second - 3.0 / 60.0).abs() < 1e-9);
+    assert!((rate.last_hour_per_second - 3.0 / 3_600.0).abs() < 1e-9);
+    assert!((stats.findings_rate.unwrap().last_minute_per_second - 2.0 / 60.0).abs() < 1e-9);
+}
+
+backend_tests! {
+    crew_metrics_cover_window,
+    get_crew_rejects_unknown_and_bad_window,
+    list_crews_pages_by_name,
+    stats_count_everything,
 }

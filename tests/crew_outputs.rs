@@ -1028,9 +1028,7 @@ backend_tests! {
     list_token_with_other_filters_invalid,
     list_paging_stable_under_inserts,
     update_walks_life_cycle,
-    #[ignore = "bug: started_at is set when a run goes from PENDING straight to a final status, though crew.proto says it stays unset"]
     update_pending_to_final_leaves_started_at_unset,
-    #[ignore = "bug: started_at is set when a run goes from PENDING straight to a final status, though crew.proto says it stays unset"]
     create_final_leaves_started_at_unset,
     update_same_status_is_allowed,
     update_illegal_transition_fails_precondition,

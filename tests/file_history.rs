@@ -409,7 +409,6 @@ backend_tests! {
     history_normalises_path,
     history_of_unknown_file_empty,
     history_rejects_invalid_requests,
-    #[ignore = "bug: a path such as \"./\" passes the required check, then normalises to an empty path"]
     history_rejects_path_empty_once_normalised,
     history_across_fixture_runs,
 }

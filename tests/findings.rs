@@ -965,7 +965,6 @@ backend_tests! {
     record_batch_at_limit_stored,
     record_bad_field_names_index,
     record_rejects_invalid_fields,
-    #[ignore = "bug: a path such as \"./\" passes the required check, then normalises to an empty path"]
     record_rejects_path_empty_once_normalised,
     record_end_before_start_invalid,
     record_missing_end_line_uses_start,

@@ -605,7 +605,6 @@ backend_tests! {
     record_unknown_crew_output_not_found,
     record_negative_finding_id_invalid,
     record_rejects_invalid_fields,
-    #[ignore = "bug: a path such as \"./\" passes the required check, then normalises to an empty path"]
     record_rejects_path_empty_once_normalised,
     get_unknown_id_not_found,
     list_filters_by_run_path_and_status,

@@ -5,82 +5,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use code_analyzer::pb;
 use code_analyzer::pb::analysis_service_client::AnalysisServiceClient;
 use code_analyzer::pb::crew_service_client::CrewServiceClient;
 use code_analyzer::pb::log_service_client::LogServiceClient;
+use common::process::ServeProcess;
 use common::{Backend, TestDatabase};
 use tonic::transport::Channel;
 
 const ENTRIES_PER_CLIENT: usize = 50_000;
 const ENTRIES_PER_MESSAGE: usize = 1_000;
 
-/// A `code-analyzer serve` process; killed when dropped.
-struct Replica {
-    child: Child,
-    address: String,
-    /// The `migrations_applied` field of the start-up line.
-    migrations_applied: String,
-}
-
-impl Replica {
-    /// Starts a replica on `database_url` and waits for its start-up line.
-    fn start(database_url: &str) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_code-analyzer"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--database-url", database_url])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("cannot start code-analyzer serve");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Keep draining after the start-up line so the pipe never fills.
-                let _ = lines.send(line);
-            }
-        });
-        loop {
-            let line = received
-                .recv_timeout(Duration::from_secs(60))
-                .expect("replica printed no start-up line within 60 s");
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let fields = &event["fields"];
-            if let Some(address) = fields["address"].as_str() {
-                return Replica {
-                    address: format!("http://{address}"),
-                    migrations_applied: fields["migrations_applied"].as_str().unwrap_or_default().to_string(),
-                    child,
-                };
-            }
-            assert_ne!(event["level"], "ERROR", "replica failed to start: {line}");
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .expect("cannot connect to replica")
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn stream_entries(client: usize) -> Vec<pb::IngestLogsRequest> {
     (0..ENTRIES_PER_CLIENT)
@@ -119,29 +55,38 @@ async fn replicas_migrate_once() {
     let starts: Vec<_> = (0..3)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || Replica::start(&url))
+            std::thread::spawn(move || ServeProcess::start(&url, &[]))
         })
         .collect();
-    let replicas: Vec<Replica> = starts.into_iter().map(|start| start.join().unwrap()).collect();
+    let replicas: Vec<ServeProcess> = starts
+        .into_iter()
+        .map(|start| start.join().unwrap())
+        .collect();
 
-    let migrating: Vec<&Replica> = replicas
+    let migrating: Vec<&ServeProcess> = replicas
         .iter()
         .filter(|replica| replica.migrations_applied != "[]")
         .collect();
     assert_eq!(migrating.len(), 1, "replicas that applied migrations");
-    let recorded = database.query_text(
-        "SELECT count(*)::text AS value FROM __diesel_schema_migrations",
-    );
-    assert_eq!(recorded, "1");
+    let recorded =
+        database.query_text("SELECT count(*)::text AS value FROM __diesel_schema_migrations");
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
+    assert_eq!(recorded, migrations.to_string());
 
     for replica in &replicas {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(replica.channel().await);
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(replica.channel().await);
         let response = health
             .check(tonic_health::pb::HealthCheckRequest::default())
             .await
             .expect("health check failed")
             .into_inner();
-        assert_eq!(response.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+        assert_eq!(
+            response.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
     }
 }
 
@@ -150,8 +95,8 @@ async fn replicas_store_each_entry_once() {
     let Some(database) = TestDatabase::create(Backend::Postgres) else {
         return;
     };
-    let first = Replica::start(database.url());
-    let second = Replica::start(database.url());
+    let first = ServeProcess::start(database.url(), &[]);
+    let second = ServeProcess::start(database.url(), &[]);
     let replicas = [first.channel().await, second.channel().await];
 
     // Clients 0 and 1 stream to the first replica, 2 and 3 to the second;
@@ -195,8 +140,8 @@ async fn replicas_count_every_update() {
     let Some(database) = TestDatabase::create(Backend::Postgres) else {
         return;
     };
-    let first = Replica::start(database.url());
-    let second = Replica::start(database.url());
+    let first = ServeProcess::start(database.url(), &[]);
+    let second = ServeProcess::start(database.url(), &[]);
     let replicas = [first.channel().await, second.channel().await];
 
     let mut crews = CrewServiceClient::new(replicas[0].clone());
@@ -212,7 +157,11 @@ async fn replicas_count_every_update() {
     let finding = AnalysisServiceClient::new(replicas[1].clone())
         .record_findings(pb::RecordFindingsRequest {
             crew_output_id: run.id,
-            findings: vec![common::new_finding("src/app.py", "S105", "hardcoded password")],
+            findings: vec![common::new_finding(
+                "src/app.py",
+                "S105",
+                "hardcoded password",
+            )],
         })
         .await
         .unwrap()
@@ -291,7 +240,11 @@ async fn replicas_count_every_update() {
     };
     let expected: Vec<i64> = (2..=updates + 1).collect();
     assert_eq!(revisions_of(&["finding"]), expected, "finding revisions");
-    assert_eq!(revisions_of(&["results", "error message"]), expected, "crew output revisions");
+    assert_eq!(
+        revisions_of(&["results", "error message"]),
+        expected,
+        "crew output revisions"
+    );
 
     let winner = |kind: &str| {
         outcomes

@@ -592,7 +592,6 @@ backend_tests! {
     import_rejects_invalid_gzip,
     import_rejects_invalid_result,
     import_log_without_results,
-    #[ignore = "bug: file_count counts the empty path of results without a location as a file"]
     import_result_without_location_counts_no_file,
     #[options(ServerOptions { max_sarif_bytes: 1024, ..test_options() })]
     import_over_limit_invalid,

@@ -90,7 +90,9 @@ fn logical_default(default: Option<&str>) -> String {
         return "none".to_string();
     };
     let value = default.split("::").next().unwrap_or(default);
-    value.trim_matches(|c| c == '(' || c == ')' || c == '\'').to_string()
+    value
+        .trim_matches(|c| c == '(' || c == ')' || c == '\'')
+        .to_string()
 }
 
 fn sqlite_facts(path: &str) -> BTreeSet<Fact> {
@@ -118,7 +120,11 @@ fn sqlite_facts(path: &str) -> BTreeSet<Fact> {
                 column.name,
                 logical_type(&column.r#type, rowid),
                 if not_null { "not null" } else { "null" },
-                if rowid { "generated".to_string() } else { logical_default(column.dflt_value.as_deref()) },
+                if rowid {
+                    "generated".to_string()
+                } else {
+                    logical_default(column.dflt_value.as_deref())
+                },
             ));
             if column.pk > 0 {
                 key.push((column.pk, column.name.as_str()));
@@ -138,7 +144,10 @@ fn sqlite_facts(path: &str) -> BTreeSet<Fact> {
             ))
             .load(&mut conn)
             .unwrap();
-            let names: Vec<&str> = index_columns.iter().map(|column| column.name.as_str()).collect();
+            let names: Vec<&str> = index_columns
+                .iter()
+                .map(|column| column.name.as_str())
+                .collect();
             facts.insert(format!(
                 "{}index {} on {table} ({})",
                 if index.unique == 1 { "unique " } else { "" },
@@ -147,9 +156,10 @@ fn sqlite_facts(path: &str) -> BTreeSet<Fact> {
             ));
         }
 
-        let keys: Vec<SqliteForeignKey> = diesel::sql_query(format!("PRAGMA foreign_key_list({table})"))
-            .load(&mut conn)
-            .unwrap();
+        let keys: Vec<SqliteForeignKey> =
+            diesel::sql_query(format!("PRAGMA foreign_key_list({table})"))
+                .load(&mut conn)
+                .unwrap();
         for key in keys {
             facts.insert(format!(
                 "foreign key {table}.{} -> {}.{} on delete {}",
@@ -215,7 +225,9 @@ fn normalise_pg_fact(fact: String) -> String {
     if !fact.starts_with("column ") {
         return fact;
     }
-    let (head, default) = fact.split_once(" default ").expect("column facts have a default");
+    let (head, default) = fact
+        .split_once(" default ")
+        .expect("column facts have a default");
     let head = head.replace(" character varying ", " text ");
     let default = if default == "generated" || default == "none" {
         default.to_string()
@@ -245,12 +257,18 @@ fn migrations_match_across_backends() {
 
     let sqlite_schema = sqlite_facts(&sqlite_path(&sqlite));
     let postgres_schema = postgres_facts(postgres.url());
-    assert!(sqlite_schema.len() > 40, "too few facts read: {sqlite_schema:#?}");
+    assert!(
+        sqlite_schema.len() > 40,
+        "too few facts read: {sqlite_schema:#?}"
+    );
 
     let only_sqlite: Vec<&Fact> = sqlite_schema.difference(&postgres_schema).collect();
     let only_postgres: Vec<&Fact> = postgres_schema.difference(&sqlite_schema).collect();
     assert!(only_sqlite.is_empty(), "only in SQLite: {only_sqlite:#?}");
-    assert!(only_postgres.is_empty(), "only in PostgreSQL: {only_postgres:#?}");
+    assert!(
+        only_postgres.is_empty(),
+        "only in PostgreSQL: {only_postgres:#?}"
+    );
 }
 
 #[test]
@@ -258,7 +276,9 @@ fn sqlite_down_migrations_revert_everything() {
     let database = TestDatabase::create(Backend::Sqlite).unwrap();
     migrate(&database);
     let mut conn = SqliteConnection::establish(&sqlite_path(&database)).unwrap();
-    let migrations = FileBasedMigrations::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap();
+    let migrations =
+        FileBasedMigrations::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+            .unwrap();
     conn.revert_all_migrations(migrations.clone()).unwrap();
 
     let left: Count = diesel::sql_query(
@@ -282,7 +302,8 @@ fn postgres_down_migrations_revert_everything() {
     migrate(&database);
     let mut conn = PgConnection::establish(database.url()).unwrap();
     let migrations =
-        FileBasedMigrations::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres")).unwrap();
+        FileBasedMigrations::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+            .unwrap();
     conn.revert_all_migrations(migrations.clone()).unwrap();
 
     let left: Count = diesel::sql_query(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use code_analyzer::pb::task_service_client::TaskServiceClient;
 use code_analyzer::pb::{self, TaskState};
 use common::process::ServeProcess;
-use common::{Backend, TestDatabase, assert_status, expect_error};
+use common::{Backend, TestDatabase, TestServer, assert_status, expect_error};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -26,16 +26,33 @@ fn millis(value: u64) -> Option<prost_types::Duration> {
 fn enqueue_request(queue: &str) -> pb::EnqueueTaskRequest {
     pb::EnqueueTaskRequest {
         queue: queue.to_string(),
-        payload: Some(common::to_struct(serde_json::json!({ "repository": "crewAI", "files": 3 }))),
+        payload: Some(common::to_struct(
+            serde_json::json!({ "repository": "crewAI", "files": 3 }),
+        )),
         ..Default::default()
     }
 }
 
-async fn enqueue(tasks: &mut TaskServiceClient<Channel>, request: pb::EnqueueTaskRequest) -> pb::Task {
-    tasks.enqueue_task(request).await.unwrap().into_inner().task.unwrap()
+async fn enqueue(
+    tasks: &mut TaskServiceClient<Channel>,
+    request: pb::EnqueueTaskRequest,
+) -> pb::Task {
+    tasks
+        .enqueue_task(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap()
 }
 
-async fn claim(tasks: &mut TaskServiceClient<Channel>, queue: &str, worker: &str, max: i32, lease_ms: u64) -> Vec<pb::Task> {
+async fn claim(
+    tasks: &mut TaskServiceClient<Channel>,
+    queue: &str,
+    worker: &str,
+    max: i32,
+    lease_ms: u64,
+) -> Vec<pb::Task> {
     tasks
         .claim_tasks(pb::ClaimTasksRequest {
             queue: queue.to_string(),
@@ -107,7 +124,8 @@ async fn drive_queue(channels: Vec<Channel>, task_count: usize) {
             let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1));
             let mut idle_rounds = 0;
             while idle_rounds < 20 {
-                let claimed = claim(&mut tasks, "load", &format!("worker-{worker}"), 8, LEASE_MS).await;
+                let claimed =
+                    claim(&mut tasks, "load", &format!("worker-{worker}"), 8, LEASE_MS).await;
                 if claimed.is_empty() {
                     idle_rounds += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -115,13 +133,18 @@ async fn drive_queue(channels: Vec<Channel>, task_count: usize) {
                 }
                 idle_rounds = 0;
                 for task in claimed {
-                    holds.lock().unwrap().entry(task.id).or_default().push(Hold {
-                        worker,
-                        lease_token: task.lease_token.clone(),
-                        claimed_at: timestamp_micros(&task.updated_at),
-                        lease_expires_at: timestamp_micros(&task.lease_expires_at),
-                        released_at: None,
-                    });
+                    holds
+                        .lock()
+                        .unwrap()
+                        .entry(task.id)
+                        .or_default()
+                        .push(Hold {
+                            worker,
+                            lease_token: task.lease_token.clone(),
+                            claimed_at: timestamp_micros(&task.updated_at),
+                            lease_expires_at: timestamp_micros(&task.lease_expires_at),
+                            released_at: None,
+                        });
                     let released = match random.next_below(100) {
                         // A crash: the lease is left to expire.
                         0..=4 => None,
@@ -189,9 +212,16 @@ async fn drive_queue(channels: Vec<Channel>, task_count: usize) {
             // the server's claim times give the real order.
             let mut task_holds = holds[&task.id].clone();
             task_holds.sort_by_key(|hold| hold.claimed_at);
-            assert_eq!(task.attempts as usize, task_holds.len(), "task {}: one attempt per claim", task.id);
+            assert_eq!(
+                task.attempts as usize,
+                task_holds.len(),
+                "task {}: one attempt per claim",
+                task.id
+            );
             match task.state() {
-                TaskState::Succeeded => assert_eq!(completions.get(&task.id), Some(&1), "task {}", task.id),
+                TaskState::Succeeded => {
+                    assert_eq!(completions.get(&task.id), Some(&1), "task {}", task.id)
+                }
                 TaskState::Dead => {
                     assert_eq!(task.attempts, MAX_ATTEMPTS, "task {}", task.id);
                     assert_eq!(completions.get(&task.id), None, "task {}", task.id);
@@ -220,361 +250,431 @@ async fn drive_queue(channels: Vec<Channel>, task_count: usize) {
     assert_eq!(finished, task_count);
 }
 
-backend_tests! {
-    async fn enqueue_sets_defaults(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        let task = enqueue(&mut tasks, enqueue_request("analysis")).await;
-        assert_eq!(task.state(), TaskState::Queued);
-        assert_eq!(task.max_attempts, 3);
-        assert_eq!(task.attempts, 0);
-        assert_eq!(task.retry_backoff, millis(1_000));
-        assert_eq!(task.lease_token, "");
-        let payload = common::from_struct(task.payload.as_ref().unwrap());
-        assert_eq!(payload["files"], 3.0);
+async fn enqueue_sets_defaults(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    let task = enqueue(&mut tasks, enqueue_request("analysis")).await;
+    assert_eq!(task.state(), TaskState::Queued);
+    assert_eq!(task.max_attempts, 3);
+    assert_eq!(task.attempts, 0);
+    assert_eq!(task.retry_backoff, millis(1_000));
+    assert_eq!(task.lease_token, "");
+    let payload = common::from_struct(task.payload.as_ref().unwrap());
+    assert_eq!(payload["files"], 3.0);
+}
+
+async fn enqueue_rejects_bad_fields(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    let status = expect_error(tasks.enqueue_task(enqueue_request("")).await);
+    assert_status(&status, Code::InvalidArgument, "queue: is required");
+
+    let mut request = enqueue_request("analysis");
+    request.max_attempts = 101;
+    let status = expect_error(tasks.enqueue_task(request).await);
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "max_attempts: 101 is outside the range 1 to 100",
+    );
+
+    let mut request = enqueue_request("analysis");
+    request.retry_backoff = millis(2 * 3_600_000);
+    let status = expect_error(tasks.enqueue_task(request).await);
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "retry_backoff: is 7200000 ms",
+    );
+}
+
+async fn dedupe_key_returns_first_task(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    let mut request = enqueue_request("analysis");
+    request.dedupe_key = "repo:crewAI@abc123".to_string();
+    let first = tasks
+        .enqueue_task(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let second = tasks
+        .enqueue_task(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.deduplicated);
+    assert!(second.deduplicated);
+    assert_eq!(
+        second.task.as_ref().unwrap().id,
+        first.task.as_ref().unwrap().id
+    );
+
+    // Once the first is finished, the key is free again.
+    let claimed = claim(&mut tasks, "analysis", "w1", 1, 30_000).await;
+    tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: claimed[0].id,
+            lease_token: claimed[0].lease_token.clone(),
+            result: None,
+        })
+        .await
+        .unwrap();
+    let third = tasks.enqueue_task(request).await.unwrap().into_inner();
+    assert!(!third.deduplicated);
+    assert_ne!(third.task.unwrap().id, first.task.unwrap().id);
+}
+
+async fn claim_orders_by_priority_then_age(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    let low = enqueue(&mut tasks, enqueue_request("q")).await;
+    let mut request = enqueue_request("q");
+    request.priority = 10;
+    let high = enqueue(&mut tasks, request).await;
+    let low_later = enqueue(&mut tasks, enqueue_request("q")).await;
+    let mut request = enqueue_request("q");
+    request.priority = 100;
+    request.run_at = Some(common::time(10 * 365 * 24 * 3_600));
+    let future = enqueue(&mut tasks, request).await;
+    enqueue(&mut tasks, enqueue_request("other-queue")).await;
+
+    let claimed = claim(&mut tasks, "q", "w1", 10, 30_000).await;
+    let ids: Vec<i64> = claimed.iter().map(|task| task.id).collect();
+    assert_eq!(ids, [high.id, low.id, low_later.id]);
+    assert!(!ids.contains(&future.id));
+    for task in &claimed {
+        assert_eq!(task.state(), TaskState::Leased);
+        assert_eq!(task.worker, "w1");
+        assert_eq!(task.attempts, 1);
+        assert_eq!(task.lease_token.len(), 32);
     }
+    assert!(claim(&mut tasks, "q", "w2", 10, 30_000).await.is_empty());
+}
 
-    async fn enqueue_rejects_bad_fields(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        let status = expect_error(tasks.enqueue_task(enqueue_request("")).await);
-        assert_status(&status, Code::InvalidArgument, "queue: is required");
+async fn stale_lease_token_is_rejected(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    let task = enqueue(&mut tasks, enqueue_request("q")).await;
+    let first = claim(&mut tasks, "q", "slow-worker", 1, 100)
+        .await
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = claim(&mut tasks, "q", "fast-worker", 1, 30_000)
+        .await
+        .remove(0);
+    assert_eq!(second.id, task.id);
+    assert_eq!(second.attempts, 2);
+    assert_ne!(second.lease_token, first.lease_token);
 
-        let mut request = enqueue_request("analysis");
-        request.max_attempts = 101;
-        let status = expect_error(tasks.enqueue_task(request).await);
-        assert_status(&status, Code::InvalidArgument, "max_attempts: 101 is outside the range 1 to 100");
-
-        let mut request = enqueue_request("analysis");
-        request.retry_backoff = millis(2 * 3_600_000);
-        let status = expect_error(tasks.enqueue_task(request).await);
-        assert_status(&status, Code::InvalidArgument, "retry_backoff: is 7200000 ms");
-    }
-
-    async fn dedupe_key_returns_first_task(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        let mut request = enqueue_request("analysis");
-        request.dedupe_key = "repo:crewAI@abc123".to_string();
-        let first = tasks.enqueue_task(request.clone()).await.unwrap().into_inner();
-        let second = tasks.enqueue_task(request.clone()).await.unwrap().into_inner();
-        assert!(!first.deduplicated);
-        assert!(second.deduplicated);
-        assert_eq!(second.task.as_ref().unwrap().id, first.task.as_ref().unwrap().id);
-
-        // Once the first is finished, the key is free again.
-        let claimed = claim(&mut tasks, "analysis", "w1", 1, 30_000).await;
+    let status = expect_error(
         tasks
             .complete_task(pb::CompleteTaskRequest {
-                task_id: claimed[0].id,
-                lease_token: claimed[0].lease_token.clone(),
+                task_id: task.id,
+                lease_token: first.lease_token.clone(),
                 result: None,
             })
-            .await
-            .unwrap();
-        let third = tasks.enqueue_task(request).await.unwrap().into_inner();
-        assert!(!third.deduplicated);
-        assert_ne!(third.task.unwrap().id, first.task.unwrap().id);
-    }
-
-    async fn claim_orders_by_priority_then_age(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        let low = enqueue(&mut tasks, enqueue_request("q")).await;
-        let mut request = enqueue_request("q");
-        request.priority = 10;
-        let high = enqueue(&mut tasks, request).await;
-        let low_later = enqueue(&mut tasks, enqueue_request("q")).await;
-        let mut request = enqueue_request("q");
-        request.priority = 100;
-        request.run_at = Some(common::time(10 * 365 * 24 * 3_600));
-        let future = enqueue(&mut tasks, request).await;
-        enqueue(&mut tasks, enqueue_request("other-queue")).await;
-
-        let claimed = claim(&mut tasks, "q", "w1", 10, 30_000).await;
-        let ids: Vec<i64> = claimed.iter().map(|task| task.id).collect();
-        assert_eq!(ids, [high.id, low.id, low_later.id]);
-        assert!(!ids.contains(&future.id));
-        for task in &claimed {
-            assert_eq!(task.state(), TaskState::Leased);
-            assert_eq!(task.worker, "w1");
-            assert_eq!(task.attempts, 1);
-            assert_eq!(task.lease_token.len(), 32);
-        }
-        assert!(claim(&mut tasks, "q", "w2", 10, 30_000).await.is_empty());
-    }
-
-    async fn stale_lease_token_is_rejected(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        let task = enqueue(&mut tasks, enqueue_request("q")).await;
-        let first = claim(&mut tasks, "q", "slow-worker", 1, 100).await.remove(0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let second = claim(&mut tasks, "q", "fast-worker", 1, 30_000).await.remove(0);
-        assert_eq!(second.id, task.id);
-        assert_eq!(second.attempts, 2);
-        assert_ne!(second.lease_token, first.lease_token);
-
-        let status = expect_error(
-            tasks
-                .complete_task(pb::CompleteTaskRequest {
-                    task_id: task.id,
-                    lease_token: first.lease_token.clone(),
-                    result: None,
-                })
-                .await,
-        );
-        assert_status(
-            &status,
-            Code::FailedPrecondition,
-            &format!("the lease token of task {} is not the current one", task.id),
-        );
-        let status = expect_error(
-            tasks
-                .heartbeat_task(pb::HeartbeatTaskRequest {
-                    task_id: task.id,
-                    lease_token: first.lease_token,
-                    lease: None,
-                })
-                .await,
-        );
-        assert_eq!(status.code(), Code::FailedPrecondition);
-
-        let status = expect_error(
-            tasks
-                .complete_task(pb::CompleteTaskRequest {
-                    task_id: 999_999,
-                    lease_token: second.lease_token,
-                    result: None,
-                })
-                .await,
-        );
-        assert_status(&status, Code::NotFound, "task 999999 not found");
-    }
-
-    async fn heartbeat_extends_lease(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        enqueue(&mut tasks, enqueue_request("q")).await;
-        let claimed = claim(&mut tasks, "q", "w1", 1, 300).await.remove(0);
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let extended = tasks
-                .heartbeat_task(pb::HeartbeatTaskRequest {
-                    task_id: claimed.id,
-                    lease_token: claimed.lease_token.clone(),
-                    lease: millis(300),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert!(timestamp_micros(&extended.lease_expires_at) > timestamp_micros(&claimed.lease_expires_at));
-        }
-        // 400 ms after a 300 ms lease, the heartbeats kept it.
-        assert!(claim(&mut tasks, "q", "w2", 1, 300).await.is_empty());
-    }
-
-    async fn failures_back_off_then_die(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        let mut request = enqueue_request("q");
-        request.max_attempts = 2;
-        request.retry_backoff = millis(50);
-        let task = enqueue(&mut tasks, request).await;
-
-        let first = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
-        let failed = tasks
-            .fail_task(pb::FailTaskRequest {
+            .await,
+    );
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        &format!("the lease token of task {} is not the current one", task.id),
+    );
+    let status = expect_error(
+        tasks
+            .heartbeat_task(pb::HeartbeatTaskRequest {
                 task_id: task.id,
                 lease_token: first.lease_token,
-                error: "ruff crashed".to_string(),
-                permanent: false,
+                lease: None,
             })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(failed.state(), TaskState::Queued);
-        assert_eq!(failed.last_error, "ruff crashed");
-        assert!(timestamp_micros(&failed.run_at) >= timestamp_micros(&failed.updated_at) + 50_000);
-        assert!(claim(&mut tasks, "q", "w1", 1, 30_000).await.is_empty(), "claimed before the backoff");
+            .await,
+    );
+    assert_eq!(status.code(), Code::FailedPrecondition);
 
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        let second = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
-        assert_eq!(second.attempts, 2);
-        let dead = tasks
-            .fail_task(pb::FailTaskRequest {
-                task_id: task.id,
+    let status = expect_error(
+        tasks
+            .complete_task(pb::CompleteTaskRequest {
+                task_id: 999_999,
                 lease_token: second.lease_token,
-                error: "ruff crashed again".to_string(),
-                permanent: false,
+                result: None,
             })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(dead.state(), TaskState::Dead);
-        assert!(dead.finished_at.is_some());
+            .await,
+    );
+    assert_status(&status, Code::NotFound, "task 999999 not found");
+}
 
-        let retried = tasks.retry_task(pb::RetryTaskRequest { id: task.id }).await.unwrap().into_inner();
-        assert_eq!(retried.state(), TaskState::Queued);
-        assert_eq!(retried.attempts, 0);
-        let status = expect_error(tasks.retry_task(pb::RetryTaskRequest { id: task.id }).await);
-        assert_status(
-            &status,
-            Code::FailedPrecondition,
-            &format!("task {} is TASK_STATE_QUEUED and cannot move to TASK_STATE_QUEUED", task.id),
-        );
-    }
-
-    async fn permanent_failure_skips_retries(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        enqueue(&mut tasks, enqueue_request("q")).await;
-        let claimed = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
-        let dead = tasks
-            .fail_task(pb::FailTaskRequest {
+async fn heartbeat_extends_lease(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    enqueue(&mut tasks, enqueue_request("q")).await;
+    let claimed = claim(&mut tasks, "q", "w1", 1, 300).await.remove(0);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let extended = tasks
+            .heartbeat_task(pb::HeartbeatTaskRequest {
                 task_id: claimed.id,
-                lease_token: claimed.lease_token,
-                error: "repository does not exist".to_string(),
-                permanent: true,
+                lease_token: claimed.lease_token.clone(),
+                lease: millis(300),
             })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(dead.state(), TaskState::Dead);
-        assert_eq!(dead.attempts, 1);
-    }
-
-    async fn cancel_stops_the_worker(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        enqueue(&mut tasks, enqueue_request("q")).await;
-        let claimed = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
-        let cancelled = tasks.cancel_task(pb::CancelTaskRequest { id: claimed.id }).await.unwrap().into_inner();
-        assert_eq!(cancelled.state(), TaskState::Cancelled);
-        let status = expect_error(
-            tasks
-                .complete_task(pb::CompleteTaskRequest {
-                    task_id: claimed.id,
-                    lease_token: claimed.lease_token,
-                    result: None,
-                })
-                .await,
+        assert!(
+            timestamp_micros(&extended.lease_expires_at)
+                > timestamp_micros(&claimed.lease_expires_at)
         );
-        assert_eq!(status.code(), Code::FailedPrecondition);
-        assert!(status.message().contains("TASK_STATE_CANCELLED"), "{}", status.message());
-        let status = expect_error(tasks.cancel_task(pb::CancelTaskRequest { id: claimed.id }).await);
-        assert_eq!(status.code(), Code::FailedPrecondition);
     }
+    // 400 ms after a 300 ms lease, the heartbeats kept it.
+    assert!(claim(&mut tasks, "q", "w2", 1, 300).await.is_empty());
+}
 
-    async fn completion_stores_results(mut server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        enqueue(&mut tasks, enqueue_request("q")).await;
-        let claimed = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
-        let result = pb::TaskResult {
-            crew_name: "review-crew".to_string(),
-            output_type: "code_review".to_string(),
-            status: 0,
-            results: Some(common::to_struct(serde_json::json!({ "summary": "2 problems" }))),
-            findings: vec![
-                common::new_finding("src/app.py", "S105", "hardcoded password"),
-                common::new_finding("src/db.py", "S608", "SQL built from strings"),
-            ],
-            fixes: vec![pb::TaskFix {
-                file_path: "src/app.py".to_string(),
-                description: "read the password from the environment".to_string(),
-                finding_indexes: vec![0],
-                ..Default::default()
-            }],
-        };
+async fn failures_back_off_then_die(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    let mut request = enqueue_request("q");
+    request.max_attempts = 2;
+    request.retry_backoff = millis(50);
+    let task = enqueue(&mut tasks, request).await;
 
-        let mut bad = result.clone();
-        bad.fixes[0].finding_indexes = vec![2];
-        let status = expect_error(
-            tasks
-                .complete_task(pb::CompleteTaskRequest {
-                    task_id: claimed.id,
-                    lease_token: claimed.lease_token.clone(),
-                    result: Some(bad),
-                })
-                .await,
-        );
-        assert_status(&status, Code::InvalidArgument, "result.fixes[0].finding_indexes: 2 is not a position");
+    let first = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
+    let failed = tasks
+        .fail_task(pb::FailTaskRequest {
+            task_id: task.id,
+            lease_token: first.lease_token,
+            error: "ruff crashed".to_string(),
+            permanent: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.state(), TaskState::Queued);
+    assert_eq!(failed.last_error, "ruff crashed");
+    assert!(timestamp_micros(&failed.run_at) >= timestamp_micros(&failed.updated_at) + 50_000);
+    assert!(
+        claim(&mut tasks, "q", "w1", 1, 30_000).await.is_empty(),
+        "claimed before the backoff"
+    );
 
-        let completed = tasks
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let second = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
+    assert_eq!(second.attempts, 2);
+    let dead = tasks
+        .fail_task(pb::FailTaskRequest {
+            task_id: task.id,
+            lease_token: second.lease_token,
+            error: "ruff crashed again".to_string(),
+            permanent: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dead.state(), TaskState::Dead);
+    assert!(dead.finished_at.is_some());
+
+    let retried = tasks
+        .retry_task(pb::RetryTaskRequest { id: task.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.state(), TaskState::Queued);
+    assert_eq!(retried.attempts, 0);
+    let status = expect_error(tasks.retry_task(pb::RetryTaskRequest { id: task.id }).await);
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        &format!(
+            "task {} is TASK_STATE_QUEUED and cannot move to TASK_STATE_QUEUED",
+            task.id
+        ),
+    );
+}
+
+async fn permanent_failure_skips_retries(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    enqueue(&mut tasks, enqueue_request("q")).await;
+    let claimed = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
+    let dead = tasks
+        .fail_task(pb::FailTaskRequest {
+            task_id: claimed.id,
+            lease_token: claimed.lease_token,
+            error: "repository does not exist".to_string(),
+            permanent: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dead.state(), TaskState::Dead);
+    assert_eq!(dead.attempts, 1);
+}
+
+async fn cancel_stops_the_worker(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    enqueue(&mut tasks, enqueue_request("q")).await;
+    let claimed = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
+    let cancelled = tasks
+        .cancel_task(pb::CancelTaskRequest { id: claimed.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state(), TaskState::Cancelled);
+    let status = expect_error(
+        tasks
             .complete_task(pb::CompleteTaskRequest {
                 task_id: claimed.id,
                 lease_token: claimed.lease_token,
-                result: Some(result),
+                result: None,
             })
-            .await
-            .unwrap()
-            .into_inner();
-        let task = completed.task.unwrap();
-        let run = completed.crew_output.unwrap();
-        assert_eq!(task.state(), TaskState::Succeeded);
-        assert_eq!(task.crew_output_id, run.id);
-        assert_eq!(run.status(), pb::CrewOutputStatus::Succeeded);
+            .await,
+    );
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("TASK_STATE_CANCELLED"),
+        "{}",
+        status.message()
+    );
+    let status = expect_error(
+        tasks
+            .cancel_task(pb::CancelTaskRequest { id: claimed.id })
+            .await,
+    );
+    assert_eq!(status.code(), Code::FailedPrecondition);
+}
 
-        let findings = server
-            .analysis
-            .list_findings(pb::ListFindingsRequest {
-                crew_output_id: run.id,
-                ..Default::default()
+async fn completion_stores_results(mut server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    enqueue(&mut tasks, enqueue_request("q")).await;
+    let claimed = claim(&mut tasks, "q", "w1", 1, 30_000).await.remove(0);
+    let result = pb::TaskResult {
+        crew_name: "review-crew".to_string(),
+        output_type: "code_review".to_string(),
+        status: 0,
+        results: Some(common::to_struct(
+            serde_json::json!({ "summary": "2 problems" }),
+        )),
+        findings: vec![
+            common::new_finding("src/app.py", "S105", "hardcoded password"),
+            common::new_finding("src/db.py", "S608", "SQL built from strings"),
+        ],
+        fixes: vec![pb::TaskFix {
+            file_path: "src/app.py".to_string(),
+            description: "read the password from the environment".to_string(),
+            finding_indexes: vec![0],
+            ..Default::default()
+        }],
+    };
+
+    let mut bad = result.clone();
+    bad.fixes[0].finding_indexes = vec![2];
+    let status = expect_error(
+        tasks
+            .complete_task(pb::CompleteTaskRequest {
+                task_id: claimed.id,
+                lease_token: claimed.lease_token.clone(),
+                result: Some(bad),
             })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(findings.total_size, 2);
-        let fixes = server
-            .fixes
-            .list_fixes(pb::ListFixesRequest {
-                crew_output_id: run.id,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(fixes.fixes.len(), 1);
-        assert_eq!(fixes.fixes[0].finding_ids, [findings.findings[0].id]);
+            .await,
+    );
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "result.fixes[0].finding_indexes: 2 is not a position",
+    );
+
+    let completed = tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: claimed.id,
+            lease_token: claimed.lease_token,
+            result: Some(result),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let task = completed.task.unwrap();
+    let run = completed.crew_output.unwrap();
+    assert_eq!(task.state(), TaskState::Succeeded);
+    assert_eq!(task.crew_output_id, run.id);
+    assert_eq!(run.status(), pb::CrewOutputStatus::Succeeded);
+
+    let findings = server
+        .analysis
+        .list_findings(pb::ListFindingsRequest {
+            crew_output_id: run.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(findings.total_size, 2);
+    let fixes = server
+        .fixes
+        .list_fixes(pb::ListFixesRequest {
+            crew_output_id: run.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fixes.fixes.len(), 1);
+    assert_eq!(fixes.fixes[0].finding_ids, [findings.findings[0].id]);
+}
+
+async fn list_filters_by_state_and_worker(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    for _ in 0..5 {
+        enqueue(&mut tasks, enqueue_request("q")).await;
     }
+    claim(&mut tasks, "q", "w1", 2, 30_000).await;
+    let leased = tasks
+        .list_tasks(pb::ListTasksRequest {
+            queue: "q".to_string(),
+            state: TaskState::Leased as i32,
+            worker: "w1".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leased.total_size, 2);
+    assert!(
+        leased.tasks.iter().all(|task| task.lease_token.is_empty()),
+        "tokens stay with the worker"
+    );
 
-    async fn list_filters_by_state_and_worker(server) {
-        let mut tasks = TaskServiceClient::new(server.channel.clone());
-        for _ in 0..5 {
-            enqueue(&mut tasks, enqueue_request("q")).await;
-        }
-        claim(&mut tasks, "q", "w1", 2, 30_000).await;
-        let leased = tasks
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = tasks
             .list_tasks(pb::ListTasksRequest {
+                page_size: 2,
+                page_token,
                 queue: "q".to_string(),
-                state: TaskState::Leased as i32,
-                worker: "w1".to_string(),
                 ..Default::default()
             })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(leased.total_size, 2);
-        assert!(leased.tasks.iter().all(|task| task.lease_token.is_empty()), "tokens stay with the worker");
-
-        let mut seen = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = tasks
-                .list_tasks(pb::ListTasksRequest {
-                    page_size: 2,
-                    page_token,
-                    queue: "q".to_string(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(page.total_size, 5);
-            seen.extend(page.tasks.iter().map(|task| task.id));
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
+        assert_eq!(page.total_size, 5);
+        seen.extend(page.tasks.iter().map(|task| task.id));
+        if page.next_page_token.is_empty() {
+            break;
         }
-        assert_eq!(seen.len(), 5);
-        assert!(seen.windows(2).all(|pair| pair[0] < pair[1]));
+        page_token = page.next_page_token;
     }
+    assert_eq!(seen.len(), 5);
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]));
+}
 
-    async fn workers_finish_every_task_once(server) {
-        drive_queue(vec![server.channel.clone()], 5_000).await;
-    }
+async fn workers_finish_every_task_once(server: TestServer) {
+    drive_queue(vec![server.channel.clone()], 5_000).await;
+}
+
+backend_tests! {
+    enqueue_sets_defaults,
+    enqueue_rejects_bad_fields,
+    dedupe_key_returns_first_task,
+    claim_orders_by_priority_then_age,
+    stale_lease_token_is_rejected,
+    heartbeat_extends_lease,
+    failures_back_off_then_die,
+    permanent_failure_skips_retries,
+    cancel_stops_the_worker,
+    completion_stores_results,
+    list_filters_by_state_and_worker,
+    workers_finish_every_task_once,
 }
 
 /// Eight workers spread over two replicas of one PostgreSQL database.
@@ -594,7 +694,9 @@ fn large_result(findings: usize) -> pb::TaskResult {
         crew_name: "crash-crew".to_string(),
         output_type: "review".to_string(),
         findings: (0..findings)
-            .map(|index| common::new_finding(&format!("src/module_{index}.py"), "E501", "line too long"))
+            .map(|index| {
+                common::new_finding(&format!("src/module_{index}.py"), "E501", "line too long")
+            })
             .collect(),
         fixes: vec![pb::TaskFix {
             file_path: "src/module_0.py".to_string(),
@@ -626,8 +728,17 @@ async fn completion_is_atomic(backend: Backend) {
 
     // Killed between claim and complete: the task is still leased, nothing
     // of its result exists, and the lease runs out.
-    assert_eq!(database.query_text(&format!("SELECT CAST(state AS TEXT) AS value FROM tasks WHERE id = {}", task.id)), "2");
-    assert_eq!(count("SELECT CAST(count(*) AS TEXT) AS value FROM crew_outputs"), 0);
+    assert_eq!(
+        database.query_text(&format!(
+            "SELECT CAST(state AS TEXT) AS value FROM tasks WHERE id = {}",
+            task.id
+        )),
+        "2"
+    );
+    assert_eq!(
+        count("SELECT CAST(count(*) AS TEXT) AS value FROM crew_outputs"),
+        0
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
 
     // Killed while completing, after delays that land before, during and
@@ -655,13 +766,22 @@ async fn completion_is_atomic(backend: Backend) {
             let _ = completing.await;
         }
 
-        let state = database.query_text(&format!("SELECT CAST(state AS TEXT) AS value FROM tasks WHERE id = {}", task.id));
+        let state = database.query_text(&format!(
+            "SELECT CAST(state AS TEXT) AS value FROM tasks WHERE id = {}",
+            task.id
+        ));
         let runs = count("SELECT CAST(count(*) AS TEXT) AS value FROM crew_outputs");
         let findings = count("SELECT CAST(count(*) AS TEXT) AS value FROM code_analysis_results");
         let fixes = count("SELECT CAST(count(*) AS TEXT) AS value FROM error_handling_results");
-        eprintln!("killed {delay_ms} ms into completion: task state {state}, {findings} findings stored");
+        eprintln!(
+            "killed {delay_ms} ms into completion: task state {state}, {findings} findings stored"
+        );
         if state == "3" {
-            assert_eq!((runs, findings, fixes), (1, FINDINGS as i64, 1), "delay {delay_ms} ms");
+            assert_eq!(
+                (runs, findings, fixes),
+                (1, FINDINGS as i64, 1),
+                "delay {delay_ms} ms"
+            );
             let linked = database.query_text(&format!(
                 "SELECT CAST(crew_output_id AS TEXT) AS value FROM tasks WHERE id = {}",
                 task.id

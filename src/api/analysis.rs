@@ -17,7 +17,7 @@ use crate::storage::findings::{self, FindingFilter};
 use crate::storage::imports::{self, RunImport};
 use crate::storage::models::{NewFindingRow, NewFixRow};
 use crate::storage::{Storage, crew_outputs, history, now_micros};
-use crate::{fingerprint, paths};
+use crate::fingerprint;
 
 /// Default page size of GetFileHistory, which reads two tables a page.
 const HISTORY_PAGE_SIZE: i32 = 100;
@@ -46,13 +46,17 @@ pub(crate) fn new_finding_row(
     now: i64,
 ) -> Result<NewFindingRow, Status> {
     let field = |name: &str| format!("{field_prefix}.{name}");
-    validate::required(&field("file_path"), &finding.file_path, MAX_PATH_BYTES)?;
+    let file_path = validate::path(&field("file_path"), &finding.file_path)?;
     validate::limited(&field("rule_id"), &finding.rule_id, MAX_NAME_BYTES)?;
     validate::limited(&field("message"), &finding.message, MAX_TEXT_BYTES)?;
     validate::limited(&field("fingerprint"), &finding.fingerprint, MAX_NAME_BYTES)?;
     let priority = validate::enum_value::<Priority>(&field("priority"), finding.priority)?
         .unwrap_or(Priority::Medium);
-    let analysis = validate::document(&field("analysis"), finding.analysis.as_ref(), MAX_DOCUMENT_BYTES)?;
+    let analysis = validate::document(
+        &field("analysis"),
+        finding.analysis.as_ref(),
+        MAX_DOCUMENT_BYTES,
+    )?;
     let range = finding.range.unwrap_or_default();
     for (name, value) in [
         ("range.start_line", range.start_line),
@@ -61,17 +65,22 @@ pub(crate) fn new_finding_row(
         ("range.end_column", range.end_column),
     ] {
         if value < 0 {
-            return Err(invalid_argument(&field(name), format!("must not be negative, got {value}")));
+            return Err(invalid_argument(
+                &field(name),
+                format!("must not be negative, got {value}"),
+            ));
         }
     }
     if range.end_line != 0 && range.end_line < range.start_line {
         return Err(invalid_argument(
             &field("range.end_line"),
-            format!("{} is before start_line {}", range.end_line, range.start_line),
+            format!(
+                "{} is before start_line {}",
+                range.end_line, range.start_line
+            ),
         ));
     }
 
-    let file_path = paths::normalize(&finding.file_path);
     let (fingerprint, fingerprint_version) = if finding.fingerprint.is_empty() {
         (
             fingerprint::derive(&finding.rule_id, &file_path, &finding.message),
@@ -178,7 +187,10 @@ impl AnalysisApi {
                 payload: Some(Payload::Options(options)),
             })) => options,
             Some(Ok(_)) => {
-                return Err(invalid_argument("options", "the first message must carry the options"));
+                return Err(invalid_argument(
+                    "options",
+                    "the first message must carry the options",
+                ));
             }
             Some(Err(error)) => return Err(error),
             None => return Err(invalid_argument("options", "the stream is empty")),
@@ -203,7 +215,10 @@ impl AnalysisApi {
                     bytes.extend_from_slice(&chunk);
                 }
                 Some(Payload::Options(_)) => {
-                    return Err(invalid_argument("options", "only the first message may carry options"));
+                    return Err(invalid_argument(
+                        "options",
+                        "only the first message may carry options",
+                    ));
                 }
                 None => {}
             }
@@ -229,16 +244,22 @@ impl AnalysisService for AnalysisApi {
             .findings
             .iter()
             .enumerate()
-            .map(|(index, finding)| new_finding_row(&format!("findings[{index}]"), crew_output_id, finding, now))
+            .map(|(index, finding)| {
+                new_finding_row(&format!("findings[{index}]"), crew_output_id, finding, now)
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         let stored = self
             .storage
-            .run(move |conn| findings::insert_batch(conn, crew_output_id, rows))
+            .run_write(move |conn| findings::insert_batch(conn, crew_output_id, rows))
             .await
             .map_err(to_status)?;
 
-        tracing::info!(crew_output.id = crew_output_id, count = stored.len(), "recorded findings");
+        tracing::info!(
+            crew_output.id = crew_output_id,
+            count = stored.len(),
+            "recorded findings"
+        );
         Ok(Response::new(pb::RecordFindingsResponse {
             findings: stored.into_iter().map(convert::finding).collect(),
         }))
@@ -264,8 +285,7 @@ impl AnalysisService for AnalysisApi {
         let request = request.into_inner();
         let filter = FindingFilter {
             crew_output_id: validate::optional_id("crew_output_id", request.crew_output_id)?,
-            file_path: validate::filter_text("file_path", &request.file_path, MAX_PATH_BYTES)?
-                .map(|path| paths::normalize(&path)),
+            file_path: validate::filter_path("file_path", &request.file_path)?,
             file_path_prefix: validate::filter_text(
                 "file_path_prefix",
                 &request.file_path_prefix,
@@ -277,7 +297,12 @@ impl AnalysisService for AnalysisApi {
                 .map(|status| status as i32),
             rule_id: validate::filter_text("rule_id", &request.rule_id, MAX_NAME_BYTES)?,
         };
-        let page = page_request(&filter, request.page_size, &request.page_token, DEFAULT_PAGE_SIZE)?;
+        let page = page_request(
+            &filter,
+            request.page_size,
+            &request.page_token,
+            DEFAULT_PAGE_SIZE,
+        )?;
 
         let query_filter = filter.clone();
         let found = self
@@ -299,22 +324,30 @@ impl AnalysisService for AnalysisApi {
     ) -> Result<Response<pb::Finding>, Status> {
         let request = request.into_inner();
         let id = validate::id("id", request.id)?;
-        let Some(new_status) = validate::enum_value::<FindingStatus>("status", request.status)? else {
+        let Some(new_status) = validate::enum_value::<FindingStatus>("status", request.status)?
+        else {
             return Err(invalid_argument("status", "is required"));
         };
         validate::limited("reason", &request.reason, MAX_TEXT_BYTES)?;
         if new_status == FindingStatus::Dismissed && request.reason.trim().is_empty() {
-            return Err(invalid_argument("reason", "is required when status is DISMISSED"));
+            return Err(invalid_argument(
+                "reason",
+                "is required when status is DISMISSED",
+            ));
         }
 
         let reason = request.reason;
         let stored = self
             .storage
-            .run(move |conn| findings::update_status(conn, id, new_status as i32, &reason))
+            .run_write(move |conn| findings::update_status(conn, id, new_status as i32, &reason))
             .await
             .map_err(to_status)?;
 
-        tracing::info!(finding.id = id, status = new_status.as_str_name(), "updated finding");
+        tracing::info!(
+            finding.id = id,
+            status = new_status.as_str_name(),
+            "updated finding"
+        );
         Ok(Response::new(convert::finding(stored)))
     }
 
@@ -323,9 +356,13 @@ impl AnalysisService for AnalysisApi {
         request: Request<pb::GetFileHistoryRequest>,
     ) -> Result<Response<pb::GetFileHistoryResponse>, Status> {
         let request = request.into_inner();
-        validate::required("file_path", &request.file_path, MAX_PATH_BYTES)?;
-        let file_path = paths::normalize(&request.file_path);
-        let page = page_request(&file_path, request.page_size, &request.page_token, HISTORY_PAGE_SIZE)?;
+        let file_path = validate::path("file_path", &request.file_path)?;
+        let page = page_request(
+            &file_path,
+            request.page_size,
+            &request.page_token,
+            HISTORY_PAGE_SIZE,
+        )?;
 
         let path = file_path.clone();
         let found = self
@@ -339,7 +376,12 @@ impl AnalysisService for AnalysisApi {
             total_size: found.page.total,
             finding_count: found.finding_count,
             fix_count: found.fix_count,
-            events: found.page.items.into_iter().map(convert::history_event).collect(),
+            events: found
+                .page
+                .items
+                .into_iter()
+                .map(convert::history_event)
+                .collect(),
         }))
     }
 
@@ -369,7 +411,7 @@ impl AnalysisService for AnalysisApi {
         let imports = run_imports(runs, &options);
         let imported = self
             .storage
-            .run(move |conn| imports::import_runs(conn, imports))
+            .run_write(move |conn| imports::import_runs(conn, imports))
             .await
             .map_err(to_status)?;
 

@@ -229,7 +229,11 @@ pub fn task(row: TaskRow, with_lease_token: bool) -> pb::Task {
         max_attempts: row.max_attempts,
         run_at: Some(micros_to_timestamp(row.run_at)),
         worker: row.worker,
-        lease_token: if with_lease_token { row.lease_token } else { String::new() },
+        lease_token: if with_lease_token {
+            row.lease_token
+        } else {
+            String::new()
+        },
         lease_expires_at: optional_timestamp(row.lease_expires_at),
         last_error: row.last_error,
         crew_output_id: row.crew_output_id.unwrap_or(0),
@@ -280,8 +284,11 @@ mod tests {
     #[test]
     fn whole_numbers_stay_integers() {
         let document = Struct {
-            fields: [("line".to_string(), number(5.0)), ("score".to_string(), number(0.5))]
-                .into(),
+            fields: [
+                ("line".to_string(), number(5.0)),
+                ("score".to_string(), number(0.5)),
+            ]
+            .into(),
         };
         let json = struct_to_json(&document).unwrap();
         assert_eq!(json.to_string(), r#"{"line":5,"score":0.5}"#);

@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::paging::{DEFAULT_PAGE_SIZE, decode_name_token, encode_name_token, encode_token, page_request, page_size};
+use super::paging::{
+    DEFAULT_PAGE_SIZE, decode_name_token, encode_name_token, encode_token, page_request, page_size,
+};
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
 
@@ -50,7 +52,10 @@ fn changes(request: &pb::UpdateCrewOutputRequest) -> Result<CrewOutputChanges, S
         Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
         _ => UPDATABLE_PATHS.to_vec(),
     };
-    let explicit = request.update_mask.as_ref().is_some_and(|mask| !mask.paths.is_empty());
+    let explicit = request
+        .update_mask
+        .as_ref()
+        .is_some_and(|mask| !mask.paths.is_empty());
 
     let mut changes = CrewOutputChanges::default();
     for path in paths {
@@ -58,7 +63,10 @@ fn changes(request: &pb::UpdateCrewOutputRequest) -> Result<CrewOutputChanges, S
             "status" => {
                 changes.status = validate::enum_value("crew_output.status", output.status)?;
                 if explicit && changes.status.is_none() {
-                    return Err(invalid_argument("crew_output.status", "is required by update_mask"));
+                    return Err(invalid_argument(
+                        "crew_output.status",
+                        "is required by update_mask",
+                    ));
                 }
             }
             "results" => {
@@ -72,15 +80,27 @@ fn changes(request: &pb::UpdateCrewOutputRequest) -> Result<CrewOutputChanges, S
             }
             "output_type" => {
                 if explicit {
-                    validate::required("crew_output.output_type", &output.output_type, MAX_NAME_BYTES)?;
+                    validate::required(
+                        "crew_output.output_type",
+                        &output.output_type,
+                        MAX_NAME_BYTES,
+                    )?;
                 }
                 if !output.output_type.is_empty() {
-                    validate::limited("crew_output.output_type", &output.output_type, MAX_NAME_BYTES)?;
+                    validate::limited(
+                        "crew_output.output_type",
+                        &output.output_type,
+                        MAX_NAME_BYTES,
+                    )?;
                     changes.output_type = Some(output.output_type.clone());
                 }
             }
             "error_message" => {
-                validate::limited("crew_output.error_message", &output.error_message, MAX_TEXT_BYTES)?;
+                validate::limited(
+                    "crew_output.error_message",
+                    &output.error_message,
+                    MAX_TEXT_BYTES,
+                )?;
                 if explicit || !output.error_message.is_empty() {
                     changes.error_message = Some(output.error_message.clone());
                 }
@@ -88,7 +108,10 @@ fn changes(request: &pb::UpdateCrewOutputRequest) -> Result<CrewOutputChanges, S
             other => {
                 return Err(invalid_argument(
                     "update_mask",
-                    format!("path {other:?} is not one of {}", UPDATABLE_PATHS.join(", ")),
+                    format!(
+                        "path {other:?} is not one of {}",
+                        UPDATABLE_PATHS.join(", ")
+                    ),
                 ));
             }
         }
@@ -113,7 +136,9 @@ fn crew_metrics(runs: CrewRuns, window_ms: i64) -> pb::Crew {
     let (mut succeeded, mut finished) = (0u64, 0u64);
     for (status, started_at, finished_at) in &runs.window_runs {
         let status = CrewOutputStatus::try_from(*status).unwrap_or(CrewOutputStatus::Unspecified);
-        *runs_by_status.entry(status.as_str_name().to_string()).or_insert(0) += 1;
+        *runs_by_status
+            .entry(status.as_str_name().to_string())
+            .or_insert(0) += 1;
         if crew_outputs::is_final(status) {
             finished += 1;
             if status == CrewOutputStatus::Succeeded {
@@ -131,16 +156,30 @@ fn crew_metrics(runs: CrewRuns, window_ms: i64) -> pb::Crew {
         last_run: Some(convert::crew_output(runs.last_run)),
         runs_in_progress: runs.runs_in_progress,
         runs_by_status,
-        success_rate: if finished == 0 { 0.0 } else { succeeded as f64 / finished as f64 },
+        success_rate: if finished == 0 {
+            0.0
+        } else {
+            succeeded as f64 / finished as f64
+        },
         duration_p50_ms: percentile(&durations_ms, 50.0),
         duration_p95_ms: percentile(&durations_ms, 95.0),
-        findings_per_run: if run_count == 0 { 0.0 } else { runs.window_findings as f64 / run_count as f64 },
+        findings_per_run: if run_count == 0 {
+            0.0
+        } else {
+            runs.window_findings as f64 / run_count as f64
+        },
         window: Some(convert::millis_to_duration(window_ms)),
     }
 }
 
 fn window_ms(value: Option<&prost_types::Duration>) -> Result<i64, Status> {
-    validate::duration_ms("window", value, DEFAULT_WINDOW_MS, MIN_WINDOW_MS, MAX_WINDOW_MS)
+    validate::duration_ms(
+        "window",
+        value,
+        DEFAULT_WINDOW_MS,
+        MIN_WINDOW_MS,
+        MAX_WINDOW_MS,
+    )
 }
 
 #[tonic::async_trait]
@@ -153,7 +192,8 @@ impl CrewService for CrewApi {
         validate::required("crew_name", &request.crew_name, MAX_NAME_BYTES)?;
         validate::required("output_type", &request.output_type, MAX_NAME_BYTES)?;
         validate::limited("error_message", &request.error_message, MAX_TEXT_BYTES)?;
-        let status = validate::enum_value("status", request.status)?.unwrap_or(CrewOutputStatus::Pending);
+        let status =
+            validate::enum_value("status", request.status)?.unwrap_or(CrewOutputStatus::Pending);
         let results = validate::document("results", request.results.as_ref(), MAX_DOCUMENT_BYTES)?;
 
         let row = crew_outputs::new_row(
@@ -165,7 +205,7 @@ impl CrewService for CrewApi {
         );
         let stored = self
             .storage
-            .run(move |conn| crew_outputs::insert(conn, &row))
+            .run_write(move |conn| crew_outputs::insert(conn, &row))
             .await
             .map_err(to_status)?;
 
@@ -193,13 +233,22 @@ impl CrewService for CrewApi {
         let request = request.into_inner();
         let filter = CrewOutputFilter {
             crew_name: validate::filter_text("crew_name", &request.crew_name, MAX_NAME_BYTES)?,
-            output_type: validate::filter_text("output_type", &request.output_type, MAX_NAME_BYTES)?,
+            output_type: validate::filter_text(
+                "output_type",
+                &request.output_type,
+                MAX_NAME_BYTES,
+            )?,
             status: validate::enum_value::<CrewOutputStatus>("status", request.status)?
                 .map(|status| status as i32),
             created_after: validate::timestamp("created_after", request.created_after.as_ref())?,
             created_before: validate::timestamp("created_before", request.created_before.as_ref())?,
         };
-        let page = page_request(&filter, request.page_size, &request.page_token, DEFAULT_PAGE_SIZE)?;
+        let page = page_request(
+            &filter,
+            request.page_size,
+            &request.page_token,
+            DEFAULT_PAGE_SIZE,
+        )?;
 
         let query_filter = filter.clone();
         let found = self
@@ -240,15 +289,23 @@ impl CrewService for CrewApi {
             .await
             .map_err(to_status)?;
 
-        let last_name = more.then(|| crews.last().map(|crew| crew.crew_name.clone())).flatten();
+        let last_name = more
+            .then(|| crews.last().map(|crew| crew.crew_name.clone()))
+            .flatten();
         Ok(Response::new(pb::ListCrewsResponse {
             next_page_token: encode_name_token(&window_ms, last_name.as_deref()),
             total_size: total,
-            crews: crews.into_iter().map(|crew| crew_metrics(crew, window_ms)).collect(),
+            crews: crews
+                .into_iter()
+                .map(|crew| crew_metrics(crew, window_ms))
+                .collect(),
         }))
     }
 
-    async fn get_crew(&self, request: Request<pb::GetCrewRequest>) -> Result<Response<pb::Crew>, Status> {
+    async fn get_crew(
+        &self,
+        request: Request<pb::GetCrewRequest>,
+    ) -> Result<Response<pb::Crew>, Status> {
         let request = request.into_inner();
         validate::required("crew_name", &request.crew_name, MAX_NAME_BYTES)?;
         let window_ms = window_ms(request.window.as_ref())?;
@@ -260,7 +317,12 @@ impl CrewService for CrewApi {
             .run(move |conn| crews::runs(conn, &name, window_start))
             .await
             .map_err(to_status)?
-            .ok_or_else(|| Status::not_found(format!("crew {:?} not found: it has no runs", request.crew_name)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "crew {:?} not found: it has no runs",
+                    request.crew_name
+                ))
+            })?;
         Ok(Response::new(crew_metrics(runs, window_ms)))
     }
 
@@ -274,11 +336,15 @@ impl CrewService for CrewApi {
 
         let stored = self
             .storage
-            .run(move |conn| crew_outputs::update(conn, id, changes))
+            .run_write(move |conn| crew_outputs::update(conn, id, changes))
             .await
             .map_err(to_status)?;
 
-        tracing::info!(crew_output.id = id, status = stored.status, "updated crew output");
+        tracing::info!(
+            crew_output.id = id,
+            status = stored.status,
+            "updated crew output"
+        );
         Ok(Response::new(convert::crew_output(stored)))
     }
 }

@@ -4,9 +4,8 @@
 use tonic::{Request, Response, Status};
 
 use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
-use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_PATH_BYTES, MAX_TEXT_BYTES};
+use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES};
 use super::{convert, to_status};
-use crate::paths;
 use crate::pb::fix_service_server::FixService;
 use crate::pb::{self, FixStatus};
 use crate::storage::fixes::{self, FixChanges, FixFilter};
@@ -38,13 +37,13 @@ pub(crate) fn new_fix_row(
     now: i64,
 ) -> Result<NewFixRow, Status> {
     let field = |name: &str| format!("{field_prefix}{name}");
-    validate::required(&field("file_path"), file_path, MAX_PATH_BYTES)?;
+    let file_path = validate::path(&field("file_path"), file_path)?;
     validate::limited(&field("description"), &description, MAX_TEXT_BYTES)?;
     let changes = validate::document(&field("changes"), changes, MAX_DOCUMENT_BYTES)?;
     let status = validate::enum_value(&field("status"), status)?.unwrap_or(FixStatus::Proposed);
     Ok(NewFixRow {
         crew_output_id,
-        file_path: paths::normalize(file_path),
+        file_path,
         description,
         changes,
         status: status as i32,
@@ -57,7 +56,10 @@ fn finding_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
     if ids.len() > MAX_LINKED_FINDINGS {
         return Err(super::invalid_argument(
             field,
-            format!("has {} ids, more than the limit of {MAX_LINKED_FINDINGS}", ids.len()),
+            format!(
+                "has {} ids, more than the limit of {MAX_LINKED_FINDINGS}",
+                ids.len()
+            ),
         ));
     }
     ids.iter()
@@ -87,15 +89,22 @@ impl FixService for FixApi {
 
         let stored = self
             .storage
-            .run(move |conn| fixes::insert(conn, row, linked))
+            .run_write(move |conn| fixes::insert(conn, row, linked))
             .await
             .map_err(to_status)?;
 
-        tracing::info!(fix.id = stored.fix.id, crew_output.id = crew_output_id, "recorded fix");
+        tracing::info!(
+            fix.id = stored.fix.id,
+            crew_output.id = crew_output_id,
+            "recorded fix"
+        );
         Ok(Response::new(convert::fix(stored)))
     }
 
-    async fn get_fix(&self, request: Request<pb::GetFixRequest>) -> Result<Response<pb::Fix>, Status> {
+    async fn get_fix(
+        &self,
+        request: Request<pb::GetFixRequest>,
+    ) -> Result<Response<pb::Fix>, Status> {
         let id = validate::id("id", request.into_inner().id)?;
         let stored = self
             .storage
@@ -112,12 +121,16 @@ impl FixService for FixApi {
         let request = request.into_inner();
         let filter = FixFilter {
             crew_output_id: validate::optional_id("crew_output_id", request.crew_output_id)?,
-            file_path: validate::filter_text("file_path", &request.file_path, MAX_PATH_BYTES)?
-                .map(|path| paths::normalize(&path)),
+            file_path: validate::filter_path("file_path", &request.file_path)?,
             status: validate::enum_value::<FixStatus>("status", request.status)?
                 .map(|status| status as i32),
         };
-        let page = page_request(&filter, request.page_size, &request.page_token, DEFAULT_PAGE_SIZE)?;
+        let page = page_request(
+            &filter,
+            request.page_size,
+            &request.page_token,
+            DEFAULT_PAGE_SIZE,
+        )?;
 
         let query_filter = filter.clone();
         let found = self
@@ -153,7 +166,7 @@ impl FixService for FixApi {
 
         let stored = self
             .storage
-            .run(move |conn| fixes::update(conn, id, changes))
+            .run_write(move |conn| fixes::update(conn, id, changes))
             .await
             .map_err(to_status)?;
 

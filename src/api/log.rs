@@ -17,8 +17,8 @@ use super::paging::{encode_token, page_request};
 use super::validate::{self, MAX_METADATA_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{invalid_argument, to_status};
 use crate::levels;
-use crate::pb::log_service_server::LogService;
 use crate::pb;
+use crate::pb::log_service_server::LogService;
 use crate::storage::logs::{self, LogFilter};
 use crate::storage::models::NewLogEntryRow;
 use crate::storage::{Storage, StorageError, now_micros};
@@ -82,13 +82,19 @@ fn limit_error(len: usize, max: usize) -> String {
 /// Validates one entry and builds its row.
 fn entry_row(entry: pb::NewLogEntry, received_at: i64) -> Result<NewLogEntryRow, EntryError> {
     if entry.entry_id.len() > MAX_NAME_BYTES {
-        return Err(("entry_id", limit_error(entry.entry_id.len(), MAX_NAME_BYTES)));
+        return Err((
+            "entry_id",
+            limit_error(entry.entry_id.len(), MAX_NAME_BYTES),
+        ));
     }
     let Some(severity_number) = levels::severity_number(&entry.level) else {
         let reason = if entry.level.trim().is_empty() {
             "is required".to_string()
         } else {
-            format!("{:?} is not a level name of Python logging, log4j, syslog or OpenTelemetry", entry.level)
+            format!(
+                "{:?} is not a level name of Python logging, log4j, syslog or OpenTelemetry",
+                entry.level
+            )
         };
         return Err(("level", reason));
     };
@@ -99,24 +105,33 @@ fn entry_row(entry: pb::NewLogEntry, received_at: i64) -> Result<NewLogEntryRow,
         return Err(("message", limit_error(entry.message.len(), MAX_TEXT_BYTES)));
     }
     if entry.crew_name.len() > MAX_NAME_BYTES {
-        return Err(("crew_name", limit_error(entry.crew_name.len(), MAX_NAME_BYTES)));
+        return Err((
+            "crew_name",
+            limit_error(entry.crew_name.len(), MAX_NAME_BYTES),
+        ));
     }
     if entry.crew_output_id < 0 {
-        return Err(("crew_output_id", format!("must not be negative, got {}", entry.crew_output_id)));
+        return Err((
+            "crew_output_id",
+            format!("must not be negative, got {}", entry.crew_output_id),
+        ));
     }
     let timestamp = match &entry.timestamp {
-        Some(timestamp) => {
-            timestamp_to_micros(timestamp).ok_or(("timestamp", "is not a valid timestamp".to_string()))?
-        }
+        Some(timestamp) => timestamp_to_micros(timestamp)
+            .ok_or(("timestamp", "is not a valid timestamp".to_string()))?,
         None => received_at,
     };
     let metadata = match &entry.metadata {
         None => "{}".to_string(),
         Some(metadata) => {
-            let json = convert::struct_to_json(metadata).map_err(|error| ("metadata", error.to_string()))?;
+            let json = convert::struct_to_json(metadata)
+                .map_err(|error| ("metadata", error.to_string()))?;
             let text = json.to_string();
             if text.len() > MAX_METADATA_BYTES {
-                return Err(("metadata", format!("{} as JSON", limit_error(text.len(), MAX_METADATA_BYTES))));
+                return Err((
+                    "metadata",
+                    format!("{} as JSON", limit_error(text.len(), MAX_METADATA_BYTES)),
+                ));
             }
             text
         }
@@ -136,12 +151,15 @@ fn entry_row(entry: pb::NewLogEntry, received_at: i64) -> Result<NewLogEntryRow,
 }
 
 /// Writes batches in order until the channel closes or a write fails.
-async fn write_batches(storage: Storage, mut batches: mpsc::Receiver<Batch>) -> Result<Tally, StorageError> {
+async fn write_batches(
+    storage: Storage,
+    mut batches: mpsc::Receiver<Batch>,
+) -> Result<Tally, StorageError> {
     let mut tally = Tally::default();
     while let Some(batch) = batches.recv().await {
         let Batch { rows, positions } = batch;
         let (rows, outcome) = storage
-            .run(move |conn| logs::insert_batch(conn, &rows).map(|outcome| (rows, outcome)))
+            .run_write(move |conn| logs::insert_batch(conn, &rows).map(|outcome| (rows, outcome)))
             .await?;
         tally.accepted += outcome.inserted as i64;
         tally.duplicates += outcome.duplicates as i64;
@@ -151,7 +169,10 @@ async fn write_batches(storage: Storage, mut batches: mpsc::Receiver<Batch>) -> 
                 positions[index],
                 row.entry_id.as_deref().unwrap_or_default(),
                 "crew_output_id",
-                format!("crew output {} not found", row.crew_output_id.unwrap_or_default()),
+                format!(
+                    "crew output {} not found",
+                    row.crew_output_id.unwrap_or_default()
+                ),
             );
         }
     }
@@ -220,7 +241,9 @@ impl LogService for LogApi {
                 }
                 position += 1;
             }
-            if batch.rows.len() >= BATCH_ROWS && sender.send(std::mem::take(&mut batch)).await.is_err() {
+            if batch.rows.len() >= BATCH_ROWS
+                && sender.send(std::mem::take(&mut batch)).await.is_err()
+            {
                 break;
             }
         }
@@ -275,7 +298,10 @@ impl LogService for LogApi {
             None
         } else {
             Some(levels::severity_number(&request.min_level).ok_or_else(|| {
-                invalid_argument("min_level", format!("{:?} is not a known level name", request.min_level))
+                invalid_argument(
+                    "min_level",
+                    format!("{:?} is not a known level name", request.min_level),
+                )
             })?)
         };
         let filter = LogFilter {
@@ -290,7 +316,12 @@ impl LogService for LogApi {
                 MAX_NAME_BYTES,
             )?,
         };
-        let page = page_request(&filter, request.page_size, &request.page_token, LOG_PAGE_SIZE)?;
+        let page = page_request(
+            &filter,
+            request.page_size,
+            &request.page_token,
+            LOG_PAGE_SIZE,
+        )?;
 
         let query_filter = filter.clone();
         let found = self

@@ -30,7 +30,12 @@ pub fn encode_token(filter: &impl Debug, cursor: Option<Cursor>) -> String {
     match cursor {
         None => String::new(),
         Some(cursor) => {
-            let raw = format!("v1:{:016x}:{}:{}", filter_hash(filter), cursor.key, cursor.id);
+            let raw = format!(
+                "v1:{:016x}:{}:{}",
+                filter_hash(filter),
+                cursor.key,
+                cursor.id
+            );
             URL_SAFE_NO_PAD.encode(raw)
         }
     }
@@ -61,7 +66,12 @@ pub fn decode_name_token(filter: &impl Debug, token: &str) -> Result<Option<Stri
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || invalid_argument("page_token", "is not a token this server issued for the same filters");
+    let invalid = || {
+        invalid_argument(
+            "page_token",
+            "is not a token this server issued for the same filters",
+        )
+    };
     let raw = URL_SAFE_NO_PAD
         .decode(token)
         .ok()
@@ -78,7 +88,10 @@ pub fn decode_name_token(filter: &impl Debug, token: &str) -> Result<Option<Stri
 /// Returns the page size of a list RPC from its `page_size` field.
 pub fn page_size(page_size: i32, default_size: i32) -> Result<i64, Status> {
     if page_size < 0 {
-        return Err(invalid_argument("page_size", format!("must not be negative, got {page_size}")));
+        return Err(invalid_argument(
+            "page_size",
+            format!("must not be negative, got {page_size}"),
+        ));
     }
     Ok(i64::from(match page_size {
         0 => default_size,
@@ -114,7 +127,10 @@ mod tests {
 
     #[test]
     fn token_round_trips_with_same_filter() {
-        let cursor = Cursor { key: 1_700_000_000_000_000, id: 42 };
+        let cursor = Cursor {
+            key: 1_700_000_000_000_000,
+            id: 42,
+        };
         let token = encode_token(&("crew", 3), Some(cursor));
         let request = page_request(&("crew", 3), 10, &token, 50).unwrap();
         assert_eq!(request.after, Some(cursor));
@@ -126,7 +142,11 @@ mod tests {
         let token = encode_token(&("crew", 3), Some(Cursor { key: 1, id: 1 }));
         let error = page_request(&("crew", 4), 10, &token, 50).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
-        assert!(error.message().starts_with("page_token:"), "{}", error.message());
+        assert!(
+            error.message().starts_with("page_token:"),
+            "{}",
+            error.message()
+        );
         assert!(page_request(&(), 10, "garbage!", 50).is_err());
     }
 

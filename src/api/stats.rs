@@ -22,11 +22,17 @@ impl StatsApi {
 
 /// Names each group by its enum value name, or by the number when the
 /// value is not one the proto defines.
-fn named<E: TryFrom<i32>>(groups: Vec<(i32, i64)>, name_of: impl Fn(E) -> &'static str) -> Vec<pb::NamedCount> {
+fn named<E: TryFrom<i32>>(
+    groups: Vec<(i32, i64)>,
+    name_of: impl Fn(E) -> &'static str,
+) -> Vec<pb::NamedCount> {
     groups
         .into_iter()
         .map(|(value, count)| pb::NamedCount {
-            name: E::try_from(value).map(&name_of).map(str::to_string).unwrap_or_else(|_| value.to_string()),
+            name: E::try_from(value)
+                .map(&name_of)
+                .map(str::to_string)
+                .unwrap_or_else(|_| value.to_string()),
             count,
         })
         .collect()
@@ -38,7 +44,9 @@ fn by_severity(groups: Vec<(i32, i64)>) -> Vec<pb::NamedCount> {
     let mut ranges: Vec<pb::NamedCount> = Vec::new();
     for (number, count) in groups {
         let base = ((number.clamp(1, 24) - 1) / 4) * 4 + 1;
-        let name = Severity::try_from(base).map(|severity| severity.as_str_name()).unwrap_or("SEVERITY_UNSPECIFIED");
+        let name = Severity::try_from(base)
+            .map(|severity| severity.as_str_name())
+            .unwrap_or("SEVERITY_UNSPECIFIED");
         match ranges.iter_mut().find(|range| range.name == name) {
             Some(range) => range.count += count,
             None => ranges.push(pb::NamedCount {
@@ -59,7 +67,10 @@ fn rate(since_minute: i64, since_hour: i64) -> pb::IngestRate {
 
 #[tonic::async_trait]
 impl StatsService for StatsApi {
-    async fn get_stats(&self, _request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
+    async fn get_stats(
+        &self,
+        _request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::Stats>, Status> {
         let now = now_micros();
         let counts = self
             .storage
@@ -73,7 +84,9 @@ impl StatsService for StatsApi {
             .map(|(queue, state, count)| pb::NamedCount {
                 name: format!(
                     "{queue}/{}",
-                    TaskState::try_from(state).map(|state| state.as_str_name()).unwrap_or("TASK_STATE_UNSPECIFIED")
+                    TaskState::try_from(state)
+                        .map(|state| state.as_str_name())
+                        .unwrap_or("TASK_STATE_UNSPECIFIED")
                 ),
                 count,
             })
@@ -84,12 +97,22 @@ impl StatsService for StatsApi {
             fixes: counts.fixes,
             log_entries: counts.log_entries,
             tasks: counts.tasks,
-            findings_by_priority: named(counts.findings_by_priority, |priority: Priority| priority.as_str_name()),
-            findings_by_status: named(counts.findings_by_status, |status: FindingStatus| status.as_str_name()),
+            findings_by_priority: named(counts.findings_by_priority, |priority: Priority| {
+                priority.as_str_name()
+            }),
+            findings_by_status: named(counts.findings_by_status, |status: FindingStatus| {
+                status.as_str_name()
+            }),
             log_entries_by_severity: by_severity(counts.log_entries_by_severity),
             tasks_by_queue_and_state,
-            log_entries_rate: Some(rate(counts.log_entries_since_minute, counts.log_entries_since_hour)),
-            findings_rate: Some(rate(counts.findings_since_minute, counts.findings_since_hour)),
+            log_entries_rate: Some(rate(
+                counts.log_entries_since_minute,
+                counts.log_entries_since_hour,
+            )),
+            findings_rate: Some(rate(
+                counts.findings_since_minute,
+                counts.findings_since_hour,
+            )),
         }))
     }
 }
@@ -101,7 +124,17 @@ mod tests {
     #[test]
     fn severities_fold_into_ranges() {
         let folded = by_severity(vec![(9, 2), (10, 3), (13, 1), (24, 4)]);
-        let pairs: Vec<(&str, i64)> = folded.iter().map(|range| (range.name.as_str(), range.count)).collect();
-        assert_eq!(pairs, [("SEVERITY_INFO", 5), ("SEVERITY_WARN", 1), ("SEVERITY_FATAL", 4)]);
+        let pairs: Vec<(&str, i64)> = folded
+            .iter()
+            .map(|range| (range.name.as_str(), range.count))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("SEVERITY_INFO", 5),
+                ("SEVERITY_WARN", 1),
+                ("SEVERITY_FATAL", 4)
+            ]
+        );
     }
 }

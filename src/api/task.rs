@@ -70,7 +70,11 @@ fn task_result(result: &pb::TaskResult, now: i64) -> Result<RunImport, Status> {
             ));
         }
     };
-    let results = validate::document("result.results", result.results.as_ref(), MAX_DOCUMENT_BYTES)?;
+    let results = validate::document(
+        "result.results",
+        result.results.as_ref(),
+        MAX_DOCUMENT_BYTES,
+    )?;
     if result.findings.len() > MAX_BATCH_ITEMS || result.fixes.len() > MAX_BATCH_ITEMS {
         return Err(invalid_argument(
             "result",
@@ -82,12 +86,22 @@ fn task_result(result: &pb::TaskResult, now: i64) -> Result<RunImport, Status> {
         .findings
         .iter()
         .enumerate()
-        .map(|(index, finding)| new_finding_row(&format!("result.findings[{index}]"), 0, finding, now))
+        .map(|(index, finding)| {
+            new_finding_row(&format!("result.findings[{index}]"), 0, finding, now)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut fixes = Vec::with_capacity(result.fixes.len());
     for (index, fix) in result.fixes.iter().enumerate() {
         let prefix = format!("result.fixes[{index}].");
-        let row = new_fix_row(&prefix, 0, &fix.file_path, fix.description.clone(), fix.changes.as_ref(), fix.status, now)?;
+        let row = new_fix_row(
+            &prefix,
+            0,
+            &fix.file_path,
+            fix.description.clone(),
+            fix.changes.as_ref(),
+            fix.status,
+            now,
+        )?;
         let mut indexes = Vec::with_capacity(fix.finding_indexes.len());
         for &position in &fix.finding_indexes {
             if position < 0 || position as usize >= findings.len() {
@@ -161,7 +175,7 @@ impl TaskService for TaskApi {
         };
         let (task, deduplicated) = self
             .storage
-            .run(move |conn| tasks::enqueue(conn, &row))
+            .run_write(move |conn| tasks::enqueue(conn, &row))
             .await
             .map_err(to_status)?;
 
@@ -189,7 +203,13 @@ impl TaskService for TaskApi {
                 ));
             }
         };
-        let lease_ms = validate::duration_ms("lease", request.lease.as_ref(), DEFAULT_LEASE_MS, MIN_LEASE_MS, MAX_LEASE_MS)?;
+        let lease_ms = validate::duration_ms(
+            "lease",
+            request.lease.as_ref(),
+            DEFAULT_LEASE_MS,
+            MIN_LEASE_MS,
+            MAX_LEASE_MS,
+        )?;
         let now = now_micros();
         let claim = Claim {
             queue: request.queue,
@@ -202,7 +222,7 @@ impl TaskService for TaskApi {
 
         let claimed = self
             .storage
-            .run(move |conn| tasks::claim(conn, &claim))
+            .run_write(move |conn| tasks::claim(conn, &claim))
             .await
             .map_err(to_status)?;
 
@@ -210,7 +230,10 @@ impl TaskService for TaskApi {
             tracing::debug!(count = claimed.len(), worker = %claimed[0].worker, "claimed tasks");
         }
         Ok(Response::new(pb::ClaimTasksResponse {
-            tasks: claimed.into_iter().map(|task| convert::task(task, true)).collect(),
+            tasks: claimed
+                .into_iter()
+                .map(|task| convert::task(task, true))
+                .collect(),
         }))
     }
 
@@ -221,13 +244,19 @@ impl TaskService for TaskApi {
         let request = request.into_inner();
         let id = validate::id("task_id", request.task_id)?;
         lease_token_field(&request.lease_token)?;
-        let lease_ms = validate::duration_ms("lease", request.lease.as_ref(), DEFAULT_LEASE_MS, MIN_LEASE_MS, MAX_LEASE_MS)?;
+        let lease_ms = validate::duration_ms(
+            "lease",
+            request.lease.as_ref(),
+            DEFAULT_LEASE_MS,
+            MIN_LEASE_MS,
+            MAX_LEASE_MS,
+        )?;
         let now = now_micros();
 
         let token = request.lease_token;
         let task = self
             .storage
-            .run(move |conn| tasks::heartbeat(conn, id, &token, now, now + lease_ms * 1_000))
+            .run_write(move |conn| tasks::heartbeat(conn, id, &token, now, now + lease_ms * 1_000))
             .await
             .map_err(to_status)?;
         Ok(Response::new(convert::task(task, true)))
@@ -241,27 +270,40 @@ impl TaskService for TaskApi {
         let id = validate::id("task_id", request.task_id)?;
         lease_token_field(&request.lease_token)?;
         let now = now_micros();
-        let result = request.result.as_ref().map(|result| task_result(result, now)).transpose()?;
+        let result = request
+            .result
+            .as_ref()
+            .map(|result| task_result(result, now))
+            .transpose()?;
 
         let token = request.lease_token;
         let (task, crew_output) = self
             .storage
-            .run(move |conn| {
+            .run_write(move |conn| {
                 let (task, crew_output_id) = tasks::complete(conn, id, &token, result, now)?;
-                let crew_output = crew_output_id.map(|run| crew_outputs::get(conn, run)).transpose()?;
+                let crew_output = crew_output_id
+                    .map(|run| crew_outputs::get(conn, run))
+                    .transpose()?;
                 Ok((task, crew_output))
             })
             .await
             .map_err(to_status)?;
 
-        tracing::info!(task.id = id, crew_output.id = task.crew_output_id, "completed task");
+        tracing::info!(
+            task.id = id,
+            crew_output.id = task.crew_output_id,
+            "completed task"
+        );
         Ok(Response::new(pb::CompleteTaskResponse {
             task: Some(convert::task(task, false)),
             crew_output: crew_output.map(convert::crew_output),
         }))
     }
 
-    async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::Task>, Status> {
+    async fn fail_task(
+        &self,
+        request: Request<pb::FailTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
         let request = request.into_inner();
         let id = validate::id("task_id", request.task_id)?;
         lease_token_field(&request.lease_token)?;
@@ -271,15 +313,23 @@ impl TaskService for TaskApi {
         let (token, error, permanent) = (request.lease_token, request.error, request.permanent);
         let task = self
             .storage
-            .run(move |conn| tasks::fail(conn, id, &token, &error, permanent, now))
+            .run_write(move |conn| tasks::fail(conn, id, &token, &error, permanent, now))
             .await
             .map_err(to_status)?;
 
-        tracing::info!(task.id = id, state = task.state, attempts = task.attempts, "task attempt failed");
+        tracing::info!(
+            task.id = id,
+            state = task.state,
+            attempts = task.attempts,
+            "task attempt failed"
+        );
         Ok(Response::new(convert::task(task, false)))
     }
 
-    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
         let id = validate::id("id", request.into_inner().id)?;
         let task = self
             .storage
@@ -296,10 +346,16 @@ impl TaskService for TaskApi {
         let request = request.into_inner();
         let filter = TaskFilter {
             queue: validate::filter_text("queue", &request.queue, MAX_NAME_BYTES)?,
-            state: validate::enum_value::<TaskState>("state", request.state)?.map(|state| state as i32),
+            state: validate::enum_value::<TaskState>("state", request.state)?
+                .map(|state| state as i32),
             worker: validate::filter_text("worker", &request.worker, MAX_NAME_BYTES)?,
         };
-        let page = page_request(&filter, request.page_size, &request.page_token, DEFAULT_PAGE_SIZE)?;
+        let page = page_request(
+            &filter,
+            request.page_size,
+            &request.page_token,
+            DEFAULT_PAGE_SIZE,
+        )?;
 
         let query_filter = filter.clone();
         let found = self
@@ -311,28 +367,38 @@ impl TaskService for TaskApi {
         Ok(Response::new(pb::ListTasksResponse {
             next_page_token: encode_token(&filter, found.next),
             total_size: found.total,
-            tasks: found.items.into_iter().map(|task| convert::task(task, false)).collect(),
+            tasks: found
+                .items
+                .into_iter()
+                .map(|task| convert::task(task, false))
+                .collect(),
         }))
     }
 
-    async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {
+    async fn retry_task(
+        &self,
+        request: Request<pb::RetryTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
         let id = validate::id("id", request.into_inner().id)?;
         let now = now_micros();
         let task = self
             .storage
-            .run(move |conn| tasks::retry(conn, id, now))
+            .run_write(move |conn| tasks::retry(conn, id, now))
             .await
             .map_err(to_status)?;
         tracing::info!(task.id = id, "task queued again by an operator");
         Ok(Response::new(convert::task(task, false)))
     }
 
-    async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
         let id = validate::id("id", request.into_inner().id)?;
         let now = now_micros();
         let task = self
             .storage
-            .run(move |conn| tasks::cancel(conn, id, now))
+            .run_write(move |conn| tasks::cancel(conn, id, now))
             .await
             .map_err(to_status)?;
         tracing::info!(task.id = id, "task cancelled by an operator");

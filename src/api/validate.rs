@@ -6,6 +6,7 @@ use tonic::Status;
 
 use super::convert::{self, timestamp_to_micros};
 use super::invalid_argument;
+use crate::paths;
 
 /// Longest crew name, output type, rule id or entry id, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -33,10 +34,36 @@ pub fn limited(field: &str, value: &str, max_bytes: usize) -> Result<(), Status>
     if value.len() > max_bytes {
         return Err(invalid_argument(
             field,
-            format!("is {} bytes, more than the limit of {max_bytes}", value.len()),
+            format!(
+                "is {} bytes, more than the limit of {max_bytes}",
+                value.len()
+            ),
         ));
     }
     Ok(())
+}
+
+/// Checks a required file path and returns it normalised (see
+/// `paths::normalize`); a path that names no file once normalised, such as
+/// `./`, is invalid.
+pub fn path(field: &str, value: &str) -> Result<String, Status> {
+    required(field, value, MAX_PATH_BYTES)?;
+    let normalized = paths::normalize(value);
+    if normalized.is_empty() {
+        return Err(invalid_argument(
+            field,
+            format!("{value:?} names no file once normalised"),
+        ));
+    }
+    Ok(normalized)
+}
+
+/// Returns the normalised path of a non-empty path filter.
+pub fn filter_path(field: &str, value: &str) -> Result<Option<String>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    path(field, value).map(Some)
 }
 
 /// Returns `Some(value)` for a non-empty filter, after checking its size.
@@ -48,7 +75,10 @@ pub fn filter_text(field: &str, value: &str, max_bytes: usize) -> Result<Option<
 /// Checks a required record id.
 pub fn id(field: &str, value: i64) -> Result<i64, Status> {
     if value <= 0 {
-        return Err(invalid_argument(field, format!("must be a positive id, got {value}")));
+        return Err(invalid_argument(
+            field,
+            format!("must be a positive id, got {value}"),
+        ));
     }
     Ok(value)
 }
@@ -67,12 +97,16 @@ pub fn document(field: &str, value: Option<&Struct>, max_bytes: usize) -> Result
     let Some(value) = value else {
         return Ok("{}".to_string());
     };
-    let json = convert::struct_to_json(value).map_err(|error| invalid_argument(field, error.to_string()))?;
+    let json = convert::struct_to_json(value)
+        .map_err(|error| invalid_argument(field, error.to_string()))?;
     let text = json.to_string();
     if text.len() > max_bytes {
         return Err(invalid_argument(
             field,
-            format!("is {} bytes as JSON, more than the limit of {max_bytes}", text.len()),
+            format!(
+                "is {} bytes as JSON, more than the limit of {max_bytes}",
+                text.len()
+            ),
         ));
     }
     Ok(text)

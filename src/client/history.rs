@@ -34,8 +34,12 @@ fn event_line(event: &FileHistoryEvent) -> String {
             "{}  finding {}  {}  {}  line {}  {}  {}  ({} run {})",
             time_text(event),
             finding.id,
-            Priority::try_from(finding.priority).map(|p| p.as_str_name()).unwrap_or("?"),
-            FindingStatus::try_from(finding.status).map(|s| s.as_str_name()).unwrap_or("?"),
+            Priority::try_from(finding.priority)
+                .map(|p| p.as_str_name())
+                .unwrap_or("?"),
+            FindingStatus::try_from(finding.status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("?"),
             finding.range.map(|range| range.start_line).unwrap_or(0),
             finding.rule_id,
             finding.message,
@@ -46,7 +50,9 @@ fn event_line(event: &FileHistoryEvent) -> String {
             "{}  fix {}  {}  {}  addresses {:?}  ({} run {})",
             time_text(event),
             fix.id,
-            FixStatus::try_from(fix.status).map(|s| s.as_str_name()).unwrap_or("?"),
+            FixStatus::try_from(fix.status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("?"),
             fix.description,
             fix.finding_ids,
             event.crew_name,
@@ -99,10 +105,17 @@ pub async fn run(args: HistoryArgs) -> Result<(), ClientError> {
                 page_token,
             })
             .await
-            .map_err(|status| format!("history of {} failed: {}", args.path, describe_status(&status)))?
+            .map_err(|status| {
+                format!(
+                    "history of {} failed: {}",
+                    args.path,
+                    describe_status(&status)
+                )
+            })?
             .into_inner();
         events.extend(response.events);
-        let done = response.next_page_token.is_empty() || (args.limit > 0 && events.len() >= args.limit);
+        let done =
+            response.next_page_token.is_empty() || (args.limit > 0 && events.len() >= args.limit);
         if done {
             break (response.finding_count, response.fix_count);
         }
@@ -121,13 +134,19 @@ pub async fn run(args: HistoryArgs) -> Result<(), ClientError> {
         });
         println!("{summary}");
     } else {
-        println!("{}: {finding_count} findings and {fix_count} fixes, newest first", args.path);
+        println!(
+            "{}: {finding_count} findings and {fix_count} fixes, newest first",
+            args.path
+        );
         for event in &events {
             println!("  {}", event_line(event));
         }
         let total = (finding_count + fix_count) as usize;
         if events.len() < total {
-            println!("  ... {} more (use --limit 0 to print all)", total - events.len());
+            println!(
+                "  ... {} more (use --limit 0 to print all)",
+                total - events.len()
+            );
         }
     }
     Ok(())

@@ -53,7 +53,10 @@ pub async fn run(args: ImportSarifArgs) -> Result<(), ClientError> {
     let reader = tokio::spawn(async move {
         loop {
             let mut chunk = Vec::with_capacity(CHUNK_BYTES);
-            let read = (&mut file).take(CHUNK_BYTES as u64).read_to_end(&mut chunk).await?;
+            let read = (&mut file)
+                .take(CHUNK_BYTES as u64)
+                .read_to_end(&mut chunk)
+                .await?;
             if read == 0 {
                 return Ok::<(), std::io::Error>(());
             }
@@ -77,7 +80,13 @@ pub async fn run(args: ImportSarifArgs) -> Result<(), ClientError> {
         .await?
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     let response = result
-        .map_err(|status| format!("import of {} failed: {}", path.display(), describe_status(&status)))?
+        .map_err(|status| {
+            format!(
+                "import of {} failed: {}",
+                path.display(),
+                describe_status(&status)
+            )
+        })?
         .into_inner();
 
     if args.client.json {

@@ -12,7 +12,11 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Address of the code-analyzer server.
-    #[arg(long, env = "CODE_ANALYZER_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CODE_ANALYZER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
 
     /// Print machine-readable JSON instead of a summary.

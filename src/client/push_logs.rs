@@ -38,7 +38,9 @@ pub struct PushLogsArgs {
 
 /// Builds an entry from one line, or says why the line is unusable.
 fn parse_line(line: &str, source: &str, line_number: u64) -> Result<NewLogEntry, String> {
-    let Value::Object(mut object) = serde_json::from_str::<Value>(line).map_err(|error| error.to_string())? else {
+    let Value::Object(mut object) =
+        serde_json::from_str::<Value>(line).map_err(|error| error.to_string())?
+    else {
         return Err("the line is not a JSON object".to_string());
     };
     let mut text = |key: &str| match object.remove(key) {
@@ -55,7 +57,10 @@ fn parse_line(line: &str, source: &str, line_number: u64) -> Result<NewLogEntry,
     let timestamp = if timestamp.is_empty() {
         None
     } else {
-        Some(Timestamp::from_str(&timestamp).map_err(|_| format!("timestamp {timestamp:?} is not RFC 3339"))?)
+        Some(
+            Timestamp::from_str(&timestamp)
+                .map_err(|_| format!("timestamp {timestamp:?} is not RFC 3339"))?,
+        )
     };
     let crew_output_id = match object.remove("crew_output_id") {
         None | Some(Value::Null) => 0,
@@ -140,7 +145,13 @@ pub async fn run(args: PushLogsArgs) -> Result<(), ClientError> {
         .await?
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     let response = result
-        .map_err(|status| format!("push of {} failed: {}", path.display(), describe_status(&status)))?
+        .map_err(|status| {
+            format!(
+                "push of {} failed: {}",
+                path.display(),
+                describe_status(&status)
+            )
+        })?
         .into_inner();
 
     if args.client.json {
@@ -175,7 +186,10 @@ pub async fn run(args: PushLogsArgs) -> Result<(), ClientError> {
             skipped
         );
         for rejection in response.rejections.iter().take(MAX_LISTED_PROBLEMS) {
-            println!("  rejected {}: {} {}", rejection.entry_id, rejection.field, rejection.reason);
+            println!(
+                "  rejected {}: {} {}",
+                rejection.entry_id, rejection.field, rejection.reason
+            );
         }
         for problem in &problems {
             println!("  skipped {problem}");
@@ -200,9 +214,30 @@ mod tests {
 
     #[test]
     fn bad_lines_say_why() {
-        assert!(parse_line("[1]", "s", 1).unwrap_err().contains("not a JSON object"));
-        assert!(parse_line(r#"{"timestamp": "yesterday"}"#, "s", 1).unwrap_err().contains("RFC 3339"));
-        assert!(parse_line(r#"{"level": 5}"#, "s", 1).unwrap_err().contains("level must be a string"));
-        assert_eq!(parse_line(r#"{"entry_id": "x", "level": "INFO", "message": "m"}"#, "s", 1).unwrap().entry_id, "x");
+        assert!(
+            parse_line("[1]", "s", 1)
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
+        assert!(
+            parse_line(r#"{"timestamp": "yesterday"}"#, "s", 1)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+        assert!(
+            parse_line(r#"{"level": 5}"#, "s", 1)
+                .unwrap_err()
+                .contains("level must be a string")
+        );
+        assert_eq!(
+            parse_line(
+                r#"{"entry_id": "x", "level": "INFO", "message": "m"}"#,
+                "s",
+                1
+            )
+            .unwrap()
+            .entry_id,
+            "x"
+        );
     }
 }

@@ -77,8 +77,15 @@ fn rule_index_supplies_id_and_message() {
 
 #[test]
 fn other_versions_are_rejected() {
-    let error = parse(br#"{"version": "2.0.0", "runs": []}"#, &ImportOptions::default()).unwrap_err();
-    assert_eq!(error.to_string(), "SARIF version \"2.0.0\" is not supported; only 2.1.0 is");
+    let error = parse(
+        br#"{"version": "2.0.0", "runs": []}"#,
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "SARIF version \"2.0.0\" is not supported; only 2.1.0 is"
+    );
 }
 
 #[test]
@@ -86,7 +93,12 @@ fn invalid_result_names_its_position() {
     let log = r#"{"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}},
         "results": [{"message": {"text": "ok"}}, {"locations": 5}]}]}"#;
     let error = parse(log.as_bytes(), &ImportOptions::default()).unwrap_err();
-    assert!(error.to_string().starts_with("run 0, result 1: invalid result"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("run 0, result 1: invalid result"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -95,7 +107,16 @@ fn gzip_is_detected_and_bounded() {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(SMALL_LOG.as_bytes()).unwrap();
     let compressed = encoder.finish().unwrap();
-    assert_eq!(decompress(compressed.clone(), 1 << 20).unwrap(), SMALL_LOG.as_bytes());
-    assert!(matches!(decompress(compressed, 100), Err(SarifError::TooLarge(100))));
-    assert!(matches!(decompress(vec![b' '; 101], 100), Err(SarifError::TooLarge(100))));
+    assert_eq!(
+        decompress(compressed.clone(), 1 << 20).unwrap(),
+        SMALL_LOG.as_bytes()
+    );
+    assert!(matches!(
+        decompress(compressed, 100),
+        Err(SarifError::TooLarge(100))
+    ));
+    assert!(matches!(
+        decompress(vec![b' '; 101], 100),
+        Err(SarifError::TooLarge(100))
+    ));
 }

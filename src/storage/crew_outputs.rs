@@ -61,7 +61,7 @@ pub fn new_row(
         status: status as i32,
         results,
         error_message,
-        started_at: (status != CrewOutputStatus::Pending).then_some(now),
+        started_at: (status == CrewOutputStatus::Running).then_some(now),
         finished_at: is_final(status).then_some(now),
         created_at: now,
         updated_at: now,
@@ -182,8 +182,8 @@ pub fn update(
         let mut next = current.clone();
         let now = now_micros();
         if let Some(status) = changes.status {
-            let from = CrewOutputStatus::try_from(current.status)
-                .unwrap_or(CrewOutputStatus::Unspecified);
+            let from =
+                CrewOutputStatus::try_from(current.status).unwrap_or(CrewOutputStatus::Unspecified);
             if !transition_allowed(from, status) {
                 return Err(StorageError::FailedPrecondition(format!(
                     "crew output {id} cannot move from {} to {}",
@@ -193,7 +193,7 @@ pub fn update(
             }
             if status != from {
                 next.status = status as i32;
-                if status == CrewOutputStatus::Running || next.started_at.is_none() {
+                if status == CrewOutputStatus::Running {
                     next.started_at = Some(now);
                 }
                 if is_final(status) {

@@ -22,7 +22,11 @@ pub struct CrewRuns {
 
 /// Returns one page of crew names in ascending order after `after`, at most
 /// `limit` of them, and the number of crew names in all.
-pub fn names(conn: &mut Conn, after: Option<&str>, limit: i64) -> Result<(Vec<String>, i64), StorageError> {
+pub fn names(
+    conn: &mut Conn,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<String>, i64), StorageError> {
     with_conn!(conn, c => {
         let total: i64 = crew_outputs::table
             .select(diesel::dsl::sql::<diesel::sql_types::BigInt>("count(DISTINCT crew_name)"))
@@ -41,8 +45,15 @@ pub fn names(conn: &mut Conn, after: Option<&str>, limit: i64) -> Result<(Vec<St
 }
 
 /// Reads what the metrics of one crew need; `None` if it has no runs.
-pub fn runs(conn: &mut Conn, crew_name: &str, window_start: i64) -> Result<Option<CrewRuns>, StorageError> {
-    let in_progress = [CrewOutputStatus::Pending as i32, CrewOutputStatus::Running as i32];
+pub fn runs(
+    conn: &mut Conn,
+    crew_name: &str,
+    window_start: i64,
+) -> Result<Option<CrewRuns>, StorageError> {
+    let in_progress = [
+        CrewOutputStatus::Pending as i32,
+        CrewOutputStatus::Running as i32,
+    ];
     with_conn!(conn, c => {
         let last_run: Option<CrewOutputRow> = crew_outputs::table
             .filter(crew_outputs::crew_name.eq(crew_name))

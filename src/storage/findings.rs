@@ -5,7 +5,9 @@ use diesel::prelude::*;
 use super::models::{FindingRow, NewFindingRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::code_analysis_results as findings;
-use super::{Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn};
+use super::{
+    Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn,
+};
 
 /// Rows per multi-row `INSERT` on PostgreSQL: 16 columns each keeps a
 /// statement under the protocol's limit of 65,535 bind parameters.
@@ -38,7 +40,13 @@ pub fn escape_like(text: &str) -> String {
 /// Inserts findings of existing crew outputs and returns their ids in the
 /// order of `rows`. Call it inside a transaction: a batch is all or nothing.
 pub fn insert_rows(conn: &mut Conn, rows: &[NewFindingRow]) -> Result<Vec<i64>, StorageError> {
-    Ok(insert_returning_ids!(conn, findings::table, findings::id, rows, POSTGRES_INSERT_CHUNK))
+    Ok(insert_returning_ids!(
+        conn,
+        findings::table,
+        findings::id,
+        rows,
+        POSTGRES_INSERT_CHUNK
+    ))
 }
 
 /// Stores a batch of findings for one crew output in one transaction.

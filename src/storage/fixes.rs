@@ -8,7 +8,9 @@ use diesel::prelude::*;
 use super::models::{FixFindingRow, FixRow, FixWithFindings, NewFixRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::{code_analysis_results, error_handling_results as fixes, fix_findings};
-use super::{Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn};
+use super::{
+    Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn,
+};
 
 /// Filters of `list`; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -33,7 +35,13 @@ const POSTGRES_INSERT_CHUNK: usize = 5_000;
 /// Inserts fixes of existing crew outputs and returns their ids in the
 /// order of `rows`. Call it inside a transaction with `insert_links`.
 pub fn insert_rows(conn: &mut Conn, rows: &[NewFixRow]) -> Result<Vec<i64>, StorageError> {
-    Ok(insert_returning_ids!(conn, fixes::table, fixes::id, rows, POSTGRES_INSERT_CHUNK))
+    Ok(insert_returning_ids!(
+        conn,
+        fixes::table,
+        fixes::id,
+        rows,
+        POSTGRES_INSERT_CHUNK
+    ))
 }
 
 /// Links fixes to findings; the pairs must name existing rows.
@@ -89,7 +97,11 @@ fn check_findings(
     }
 }
 
-fn replace_links(conn: &mut Conn, fix_id: i64, finding_ids: &BTreeSet<i64>) -> Result<(), StorageError> {
+fn replace_links(
+    conn: &mut Conn,
+    fix_id: i64,
+    finding_ids: &BTreeSet<i64>,
+) -> Result<(), StorageError> {
     with_conn!(conn, c => {
         diesel::delete(fix_findings::table.filter(fix_findings::fix_id.eq(fix_id))).execute(c)?
     });

@@ -11,7 +11,9 @@ use diesel::prelude::*;
 
 use super::models::{CrewOutputRow, FindingRow, FixRow, FixWithFindings};
 use super::paging::{Cursor, Page, PageRequest};
-use super::schema::{code_analysis_results as findings, crew_outputs, error_handling_results as fixes};
+use super::schema::{
+    code_analysis_results as findings, crew_outputs, error_handling_results as fixes,
+};
 use super::{Conn, StorageError, fixes as fix_queries, with_conn};
 
 /// A finding or a fix of the file.

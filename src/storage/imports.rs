@@ -25,7 +25,10 @@ pub struct ImportedRun {
     pub file_paths: BTreeSet<String>,
 }
 
-pub fn import_runs(conn: &mut Conn, runs: Vec<RunImport>) -> Result<Vec<ImportedRun>, StorageError> {
+pub fn import_runs(
+    conn: &mut Conn,
+    runs: Vec<RunImport>,
+) -> Result<Vec<ImportedRun>, StorageError> {
     transaction(conn, |conn| {
         let mut imported = Vec::with_capacity(runs.len());
         for mut run in runs {
@@ -58,7 +61,13 @@ pub fn import_runs(conn: &mut Conn, runs: Vec<RunImport>) -> Result<Vec<Imported
                 crew_output_id,
                 finding_count: run.findings.len(),
                 fix_count: fix_rows.len(),
-                file_paths: run.findings.iter().map(|finding| finding.file_path.clone()).collect(),
+                // Results without a location have an empty path and name no file.
+                file_paths: run
+                    .findings
+                    .iter()
+                    .filter(|finding| !finding.file_path.is_empty())
+                    .map(|finding| finding.file_path.clone())
+                    .collect(),
             });
         }
         Ok(imported)

@@ -65,7 +65,10 @@ fn missing_crew_outputs(
 /// Stores a batch in one transaction. A row whose `entry_id` is already
 /// stored, in this batch or before, is skipped and counted as a duplicate;
 /// `ON CONFLICT DO NOTHING` makes this hold across concurrent writers too.
-pub fn insert_batch(conn: &mut Conn, rows: &[NewLogEntryRow]) -> Result<BatchOutcome, StorageError> {
+pub fn insert_batch(
+    conn: &mut Conn,
+    rows: &[NewLogEntryRow],
+) -> Result<BatchOutcome, StorageError> {
     transaction(conn, |conn| {
         let referenced: BTreeSet<i64> = rows.iter().filter_map(|row| row.crew_output_id).collect();
         let missing = missing_crew_outputs(conn, &referenced)?;

@@ -22,13 +22,14 @@ pub mod schema;
 pub mod stats;
 pub mod tasks;
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
-use diesel::{Connection, RunQueryDsl};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use tracing::Instrument;
 
@@ -276,6 +277,11 @@ enum Pool {
 #[derive(Clone)]
 pub struct Storage {
     pool: Pool,
+    /// On SQLite, held by every write for its whole duration. SQLite runs
+    /// one writer at a time anyway; queueing writers here, in order, is
+    /// much faster than letting them poll the database lock through the
+    /// busy handler, which sleeps for milliseconds between tries.
+    write_lock: Option<Arc<Mutex<()>>>,
     /// What Diesel connects with: a file path or a PostgreSQL URL.
     target: String,
     connection_timeout: Duration,
@@ -309,6 +315,7 @@ impl Storage {
             }
         };
         Ok(Storage {
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             pool,
             target,
             connection_timeout: options.connection_timeout,
@@ -345,7 +352,9 @@ impl Storage {
                     .map_err(|error| format!("cannot open the database: {error}"))?;
                 match &mut conn {
                     Conn::Sqlite(c) => version_names(c.run_pending_migrations(SQLITE_MIGRATIONS))?,
-                    Conn::Postgres(_) => unreachable!("a SQLite storage hands out SQLite connections"),
+                    Conn::Postgres(_) => {
+                        unreachable!("a SQLite storage hands out SQLite connections")
+                    }
                 }
             }
             Backend::Postgres => {
@@ -366,9 +375,28 @@ impl Storage {
         Ok(applied)
     }
 
-    /// Runs `work` with a pooled connection on a blocking thread, inside the
-    /// caller's tracing span, so Diesel never blocks the async runtime.
+    /// Runs `work`, which only reads, with a pooled connection on a blocking
+    /// thread, inside the caller's tracing span, so Diesel never blocks the
+    /// async runtime.
     pub async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_blocking(work, false).await
+    }
+
+    /// Runs `work`, which writes, like `run`; on SQLite, writes of this
+    /// process run one at a time, in the order they arrive.
+    pub async fn run_write<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_blocking(work, true).await
+    }
+
+    async fn run_blocking<T, F>(&self, work: F, writes: bool) -> Result<T, StorageError>
     where
         F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
         T: Send + 'static,
@@ -377,6 +405,12 @@ impl Storage {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            // A panic while the lock was held leaves no state behind it to
+            // repair, so a poisoned lock is taken over as it is.
+            let _writer = match (&storage.write_lock, writes) {
+                (Some(lock), true) => Some(lock.lock().unwrap_or_else(PoisonError::into_inner)),
+                _ => None,
+            };
             let mut conn = storage.get()?;
             work(&mut conn)
         })

@@ -2,7 +2,9 @@
 
 use diesel::prelude::*;
 
-use super::schema::{code_analysis_results, crew_outputs, error_handling_results, log_entries, tasks};
+use super::schema::{
+    code_analysis_results, crew_outputs, error_handling_results, log_entries, tasks,
+};
 use super::{Conn, StorageError, with_conn};
 
 /// Totals and breakdowns; rates are row counts since the given times.

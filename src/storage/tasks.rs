@@ -43,7 +43,9 @@ pub struct Claim {
 /// doubled per earlier attempt, capped at `MAX_BACKOFF_MS`.
 pub fn backoff_ms(base_ms: i64, attempts: i32) -> i64 {
     let doublings = attempts.saturating_sub(1).clamp(0, 40) as u32;
-    base_ms.saturating_mul(1_i64 << doublings).min(MAX_BACKOFF_MS)
+    base_ms
+        .saturating_mul(1_i64 << doublings)
+        .min(MAX_BACKOFF_MS)
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -63,7 +65,11 @@ pub fn get(conn: &mut Conn, id: i64) -> Result<TaskRow, StorageError> {
     })
 }
 
-fn active_with_key(conn: &mut Conn, queue: &str, key: &str) -> Result<Option<TaskRow>, StorageError> {
+fn active_with_key(
+    conn: &mut Conn,
+    queue: &str,
+    key: &str,
+) -> Result<Option<TaskRow>, StorageError> {
     let active = [TaskState::Queued as i32, TaskState::Leased as i32];
     with_conn!(conn, c => {
         Ok(tasks::table
@@ -94,11 +100,16 @@ pub fn enqueue(conn: &mut Conn, row: &NewTaskRow) -> Result<(TaskRow, bool), Sto
     match (inserted, &row.dedupe_key) {
         (Ok(task), _) => Ok((task, false)),
         (
-            Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)),
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )),
             Some(key),
         ) => active_with_key(conn, &row.queue, key)?
             .map(|existing| (existing, true))
-            .ok_or_else(|| StorageError::Task("dedupe conflict without an active task".to_string())),
+            .ok_or_else(|| {
+                StorageError::Task("dedupe conflict without an active task".to_string())
+            }),
         (Err(error), _) => Err(error.into()),
     }
 }
@@ -284,7 +295,11 @@ pub fn fail(
     transaction(conn, |conn| {
         let current = get(conn, id)?;
         let dead = permanent || current.attempts >= current.max_attempts;
-        let state = if dead { TaskState::Dead } else { TaskState::Queued };
+        let state = if dead {
+            TaskState::Dead
+        } else {
+            TaskState::Queued
+        };
         finish_lease(conn, id, lease_token, state, now)?;
         let run_at = if dead {
             current.run_at
@@ -318,7 +333,11 @@ macro_rules! filtered {
 }
 
 /// Lists tasks in the order they were enqueued (by id).
-pub fn list(conn: &mut Conn, filter: &TaskFilter, page: PageRequest) -> Result<Page<TaskRow>, StorageError> {
+pub fn list(
+    conn: &mut Conn,
+    filter: &TaskFilter,
+    page: PageRequest,
+) -> Result<Page<TaskRow>, StorageError> {
     with_conn!(conn, c => {
         let total: i64 = filtered!(filter).count().get_result(c)?;
         let mut query = filtered!(filter);
@@ -399,12 +418,24 @@ fn operator_move(
 
 /// Queues a DEAD or CANCELLED task again with its attempts reset.
 pub fn retry(conn: &mut Conn, id: i64, now: i64) -> Result<TaskRow, StorageError> {
-    operator_move(conn, id, &[TaskState::Dead, TaskState::Cancelled], TaskState::Queued, now)
+    operator_move(
+        conn,
+        id,
+        &[TaskState::Dead, TaskState::Cancelled],
+        TaskState::Queued,
+        now,
+    )
 }
 
 /// Cancels a QUEUED or LEASED task.
 pub fn cancel(conn: &mut Conn, id: i64, now: i64) -> Result<TaskRow, StorageError> {
-    operator_move(conn, id, &[TaskState::Queued, TaskState::Leased], TaskState::Cancelled, now)
+    operator_move(
+        conn,
+        id,
+        &[TaskState::Queued, TaskState::Leased],
+        TaskState::Cancelled,
+        now,
+    )
 }
 
 #[cfg(test)]

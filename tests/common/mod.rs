@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,14 +69,21 @@ impl ServeProcess {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("serve printed no start-up line; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+                panic!(
+                    "serve printed no start-up line; stderr:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
             }
         }
     }
 
     /// Starts the binary that Cargo built for the integration tests.
     pub fn start(database_url: &str, extra_args: &[&str]) -> ServeProcess {
-        Self::start_binary(Path::new(env!("CARGO_BIN_EXE_code-analyzer")), database_url, extra_args)
+        Self::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_code-analyzer")),
+            database_url,
+            extra_args,
+        )
     }
 
     pub fn url(&self) -> String {
@@ -98,6 +105,11 @@ impl ServeProcess {
     /// The log lines printed so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Returns the exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("cannot poll the serve process")
     }
 
     /// Kills the process at once (SIGKILL), as a crash or power loss would.

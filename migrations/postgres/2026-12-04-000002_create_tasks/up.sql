@@ -25,7 +25,7 @@ CREATE TABLE tasks (
 CREATE UNIQUE INDEX tasks_dedupe_idx ON tasks (queue, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND state IN (1, 2);
 -- Claims: ready tasks of a queue by priority, then age.
-CREATE INDEX tasks_claim_idx ON tasks (queue, state, priority, id);
+CREATE INDEX tasks_claim_idx ON tasks (queue, state, priority DESC, id);
 CREATE INDEX tasks_state_idx ON tasks (state, id);
 
 -- Ingest rates count the rows stored in the last minute and hour.

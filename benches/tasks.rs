@@ -90,16 +90,26 @@ async fn fill_queue(channel: Channel, count: usize, clients: usize) {
     }
 }
 
-/// Drains the queue with `workers` workers; returns the tasks completed and
-/// the elapsed time.
-async fn drain_queue(channel: Channel, workers: usize, batch: i32) -> (usize, Duration) {
+/// What draining the queue took.
+struct Drained {
+    completed: usize,
+    elapsed: Duration,
+    claim_time: Duration,
+    claims: usize,
+    complete_time: Duration,
+}
+
+/// Drains the queue with `workers` workers.
+async fn drain_queue(channel: Channel, workers: usize, batch: i32) -> Drained {
     let started = Instant::now();
     let mut handles = Vec::new();
     for worker in 0..workers {
         let mut tasks = TaskServiceClient::new(channel.clone());
         handles.push(tokio::spawn(async move {
             let mut completed = 0;
+            let (mut claims, mut claim_time, mut complete_time) = (0, Duration::ZERO, Duration::ZERO);
             loop {
+                let claim_started = Instant::now();
                 let claimed = tasks
                     .claim_tasks(pb::ClaimTasksRequest {
                         queue: "bench".to_string(),
@@ -114,10 +124,13 @@ async fn drain_queue(channel: Channel, workers: usize, batch: i32) -> (usize, Du
                     .expect("claim failed")
                     .into_inner()
                     .tasks;
+                claim_time += claim_started.elapsed();
+                claims += 1;
                 if claimed.is_empty() {
-                    return completed;
+                    return (completed, claims, claim_time, complete_time);
                 }
                 for task in claimed {
+                    let complete_started = Instant::now();
                     tasks
                         .complete_task(pb::CompleteTaskRequest {
                             task_id: task.id,
@@ -126,16 +139,28 @@ async fn drain_queue(channel: Channel, workers: usize, batch: i32) -> (usize, Du
                         })
                         .await
                         .expect("complete failed");
+                    complete_time += complete_started.elapsed();
                     completed += 1;
                 }
             }
         }));
     }
-    let mut completed = 0;
+    let mut drained = Drained {
+        completed: 0,
+        elapsed: Duration::ZERO,
+        claim_time: Duration::ZERO,
+        claims: 0,
+        complete_time: Duration::ZERO,
+    };
     for handle in handles {
-        completed += handle.await.unwrap();
+        let (completed, claims, claim_time, complete_time) = handle.await.unwrap();
+        drained.completed += completed;
+        drained.claims += claims;
+        drained.claim_time += claim_time;
+        drained.complete_time += complete_time;
     }
-    (completed, started.elapsed())
+    drained.elapsed = started.elapsed();
+    drained
 }
 
 /// A PostgreSQL database for one run, dropped afterwards.
@@ -182,7 +207,7 @@ impl Drop for PostgresDatabase {
     }
 }
 
-async fn run_backend(backend: &str, options: &Options) -> Option<(usize, Duration)> {
+async fn run_backend(backend: &str, options: &Options) -> Option<Drained> {
     let folder = tempfile::TempDir::new().unwrap();
     let mut postgres = None;
     let url = match backend {
@@ -216,21 +241,20 @@ async fn main() {
         options.tasks, options.workers, options.batch
     );
     println!(
-        "{:<10} {:>8} {:>9} {:>10}",
-        "backend", "tasks", "seconds", "tasks/s"
+        "{:<10} {:>8} {:>9} {:>10} {:>14} {:>17}",
+        "backend", "tasks", "seconds", "tasks/s", "mean claim ms", "mean complete ms"
     );
     for backend in options.backends.clone() {
-        if let Some((completed, elapsed)) = run_backend(backend, &options).await {
-            assert_eq!(
-                completed, options.tasks,
-                "{backend}: every task completes once"
-            );
+        if let Some(drained) = run_backend(backend, &options).await {
+            assert_eq!(drained.completed, options.tasks, "{backend}: every task completes once");
             println!(
-                "{:<10} {:>8} {:>9.2} {:>10.0}",
+                "{:<10} {:>8} {:>9.2} {:>10.0} {:>14.2} {:>17.2}",
                 backend,
-                completed,
-                elapsed.as_secs_f64(),
-                completed as f64 / elapsed.as_secs_f64()
+                drained.completed,
+                drained.elapsed.as_secs_f64(),
+                drained.completed as f64 / drained.elapsed.as_secs_f64(),
+                drained.claim_time.as_secs_f64() * 1e3 / drained.claims as f64,
+                drained.complete_time.as_secs_f64() * 1e3 / drained.completed as f64,
             );
         }
     }

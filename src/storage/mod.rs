@@ -22,7 +22,7 @@ pub mod schema;
 pub mod stats;
 pub mod tasks;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -31,6 +31,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use parking_lot::Mutex;
 use tracing::Instrument;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -281,6 +282,7 @@ pub struct Storage {
     /// one writer at a time anyway; queueing writers here, in order, is
     /// much faster than letting them poll the database lock through the
     /// busy handler, which sleeps for milliseconds between tries.
+    /// A writer waits for it at most the pool timeout, like for a connection.
     write_lock: Option<Arc<Mutex<()>>>,
     /// What Diesel connects with: a file path or a PostgreSQL URL.
     target: String,
@@ -405,10 +407,11 @@ impl Storage {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            // A panic while the lock was held leaves no state behind it to
-            // repair, so a poisoned lock is taken over as it is.
             let _writer = match (&storage.write_lock, writes) {
-                (Some(lock), true) => Some(lock.lock().unwrap_or_else(PoisonError::into_inner)),
+                (Some(lock), true) => Some(
+                    lock.try_lock_for(storage.connection_timeout)
+                        .ok_or(StorageError::PoolTimeout(storage.connection_timeout))?,
+                ),
                 _ => None,
             };
             let mut conn = storage.get()?;

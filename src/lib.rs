@@ -9,6 +9,7 @@ pub mod levels;
 pub mod paths;
 pub mod sarif;
 pub mod server;
+pub mod state;
 pub mod storage;
 
 /// Types and clients generated from `proto/code_analyzer/v1`.

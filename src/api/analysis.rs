@@ -9,15 +9,19 @@ use tonic::{Request, Response, Status, Streaming};
 use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
+use crate::fingerprint;
 use crate::pb::analysis_service_server::AnalysisService;
 use crate::pb::import_sarif_request::Payload;
-use crate::pb::{self, CrewOutputStatus, FindingStatus, FixStatus, Priority};
+use crate::pb::{self, CrewOutputStatus, FindingChange, FindingStatus, FixStatus, Priority};
 use crate::sarif::{self, ImportOptions, ParsedRun};
+use crate::state::json_diff;
+use crate::state::matching::Matching;
 use crate::storage::findings::{self, FindingFilter};
 use crate::storage::imports::{self, RunImport};
 use crate::storage::models::{NewFindingRow, NewFixRow};
+use crate::storage::paging::Cursor;
+use crate::storage::state::{self, CompareFilter};
 use crate::storage::{Storage, crew_outputs, history, now_micros};
-use crate::fingerprint;
 
 /// Default page size of GetFileHistory, which reads two tables a page.
 const HISTORY_PAGE_SIZE: i32 = 100;
@@ -174,6 +178,47 @@ fn run_imports(runs: Vec<ParsedRun>, options: &pb::ImportSarifOptions) -> Vec<Ru
             }
         })
         .collect()
+}
+
+/// One entry of a comparison in page order: the change, the finding id and,
+/// for PERSISTING, the base finding id.
+type ComparedEntry = (FindingChange, i64, i64);
+
+/// Lists the entries of a comparison in page order (NEW, PERSISTING,
+/// RESOLVED, each by finding id), keeping only `change` when it is set.
+fn compared_entries(matching: &Matching, change: Option<FindingChange>) -> Vec<ComparedEntry> {
+    let wanted = |kind: FindingChange| change.is_none_or(|change| change == kind);
+    let mut entries = Vec::new();
+    if wanted(FindingChange::New) {
+        entries.extend(matching.new.iter().map(|id| (FindingChange::New, *id, 0)));
+    }
+    if wanted(FindingChange::Persisting) {
+        entries.extend(
+            matching
+                .persisting
+                .iter()
+                .map(|(head, base)| (FindingChange::Persisting, *head, *base)),
+        );
+    }
+    if wanted(FindingChange::Resolved) {
+        entries.extend(
+            matching
+                .resolved
+                .iter()
+                .map(|id| (FindingChange::Resolved, *id, 0)),
+        );
+    }
+    entries
+}
+
+fn results_diff(base: &str, head: &str) -> pb::JsonDiff {
+    let parse = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    let diff = json_diff::diff(&parse(base), &parse(head));
+    pb::JsonDiff {
+        added: diff.added,
+        removed: diff.removed,
+        changed: diff.changed,
+    }
 }
 
 impl AnalysisApi {
@@ -382,6 +427,101 @@ impl AnalysisService for AnalysisApi {
                 .into_iter()
                 .map(convert::history_event)
                 .collect(),
+        }))
+    }
+
+    async fn compare_runs(
+        &self,
+        request: Request<pb::CompareRunsRequest>,
+    ) -> Result<Response<pb::CompareRunsResponse>, Status> {
+        let request = request.into_inner();
+        let base_id = validate::id("base_crew_output_id", request.base_crew_output_id)?;
+        let head_id = validate::id("head_crew_output_id", request.head_crew_output_id)?;
+        let filter = CompareFilter {
+            file_path_prefix: validate::filter_text(
+                "file_path_prefix",
+                &request.file_path_prefix,
+                MAX_PATH_BYTES,
+            )?,
+            rule_id: validate::filter_text("rule_id", &request.rule_id, MAX_NAME_BYTES)?,
+            min_priority: validate::enum_value::<Priority>("min_priority", request.min_priority)?
+                .map(|priority| priority as i32),
+        };
+        let change = validate::enum_value::<FindingChange>("change", request.change)?;
+        let token_filter = (
+            base_id,
+            head_id,
+            filter.clone(),
+            change.map(|change| change as i32),
+        );
+        let page = page_request(
+            &token_filter,
+            request.page_size,
+            &request.page_token,
+            DEFAULT_PAGE_SIZE,
+        )?;
+
+        let (comparison, entries, rows) = self
+            .storage
+            .run(move |conn| {
+                let comparison = state::compare(conn, base_id, head_id, &filter)?;
+                let entries: Vec<ComparedEntry> = compared_entries(&comparison.matching, change)
+                    .into_iter()
+                    .filter(|(kind, id, _)| {
+                        page.after
+                            .is_none_or(|after| (*kind as i64, *id) > (after.key, after.id))
+                    })
+                    .take(page.size as usize + 1)
+                    .collect();
+                let ids: Vec<i64> = entries.iter().map(|(_, id, _)| *id).collect();
+                let rows = state::findings_by_ids(conn, &ids)?;
+                Ok((comparison, entries, rows))
+            })
+            .await
+            .map_err(to_status)?;
+
+        let matching = &comparison.matching;
+        let total_size = compared_entries(matching, change).len() as i64;
+        let mut entries = entries;
+        let next_page_token = if entries.len() > page.size as usize {
+            entries.truncate(page.size as usize);
+            let (kind, id, _) = entries[entries.len() - 1];
+            encode_token(
+                &token_filter,
+                Some(Cursor {
+                    key: kind as i64,
+                    id,
+                }),
+            )
+        } else {
+            String::new()
+        };
+        let mut rows: std::collections::HashMap<i64, _> =
+            rows.into_iter().map(|row| (row.id, row)).collect();
+        let findings = entries
+            .iter()
+            .filter_map(|(kind, id, base_id)| {
+                // A finding deleted since the comparison is left out.
+                let row = rows.remove(id)?;
+                Some(pb::ComparedFinding {
+                    change: *kind as i32,
+                    finding: Some(convert::finding(row)),
+                    base_finding_id: *base_id,
+                })
+            })
+            .collect();
+
+        Ok(Response::new(pb::CompareRunsResponse {
+            new_count: matching.new.len() as i64,
+            persisting_count: matching.persisting.len() as i64,
+            resolved_count: matching.resolved.len() as i64,
+            findings,
+            next_page_token,
+            total_size,
+            results_diff: Some(results_diff(
+                &comparison.base.results,
+                &comparison.head.results,
+            )),
         }))
     }
 

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use super::models::{CrewOutputRow, NewCrewOutputRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::crew_outputs;
-use super::{Conn, StorageError, now_micros, transaction, with_conn};
+use super::{Conn, StorageError, now_micros, state, transaction, with_conn};
 use crate::pb::CrewOutputStatus;
 
 /// Filters of `list`; `None` matches everything.
@@ -211,7 +211,7 @@ pub fn update(
             next.error_message = error_message;
         }
 
-        with_conn!(conn, c => Ok(diesel::update(crew_outputs::table.find(id))
+        let updated: Result<CrewOutputRow, StorageError> = with_conn!(conn, c => Ok(diesel::update(crew_outputs::table.find(id))
             .set((
                 crew_outputs::status.eq(next.status),
                 crew_outputs::results.eq(&next.results),
@@ -223,7 +223,12 @@ pub fn update(
                 crew_outputs::updated_at.eq(now),
             ))
             .returning(CrewOutputRow::as_returning())
-            .get_result(c)?))
+            .get_result(c)?));
+        let updated = updated?;
+        if updated.status != current.status {
+            state::analyze_finished_run(conn, &updated)?;
+        }
+        Ok(updated)
     })
 }
 

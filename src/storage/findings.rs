@@ -6,7 +6,8 @@ use super::models::{FindingRow, NewFindingRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::code_analysis_results as findings;
 use super::{
-    Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn,
+    Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, state, transaction,
+    with_conn,
 };
 
 /// Rows per multi-row `INSERT` on PostgreSQL: 16 columns each keeps a
@@ -55,9 +56,10 @@ pub fn insert_batch(
     crew_output_id: i64,
     rows: Vec<NewFindingRow>,
 ) -> Result<Vec<FindingRow>, StorageError> {
+    let mut rows = rows;
     transaction(conn, |conn| {
-        crew_outputs::ensure_exists(conn, crew_output_id)?;
-        let ids = insert_rows(conn, &rows)?;
+        let run = crew_outputs::get(conn, crew_output_id)?;
+        let ids = state::insert_findings(conn, &run.crew_name, &mut rows)?;
         Ok(rows
             .into_iter()
             .zip(ids)
@@ -151,10 +153,33 @@ pub fn list(
     })
 }
 
-/// Sets the status and its reason. One `UPDATE` that also adds one to the
-/// revision, so concurrent updates from several replicas are each counted
-/// and the last one wins.
+/// Sets the status and its reason, and records them as the crew's triage
+/// of the fingerprint, so later runs of the crew start from them. The
+/// finding changes in one `UPDATE` that also adds one to the revision, so
+/// concurrent updates from several replicas are each counted and the last
+/// one wins.
 pub fn update_status(
+    conn: &mut Conn,
+    id: i64,
+    status: i32,
+    reason: &str,
+) -> Result<FindingRow, StorageError> {
+    transaction(conn, |conn| {
+        let updated = set_status(conn, id, status, reason)?;
+        let run = crew_outputs::get(conn, updated.crew_output_id)?;
+        state::record_triage(
+            conn,
+            &run.crew_name,
+            &updated.fingerprint,
+            status,
+            reason,
+            id,
+        )?;
+        Ok(updated)
+    })
+}
+
+fn set_status(
     conn: &mut Conn,
     id: i64,
     status: i32,

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::models::{FixFindingRow, NewCrewOutputRow, NewFindingRow, NewFixRow};
-use super::{Conn, StorageError, crew_outputs, findings, fixes, transaction};
+use super::{Conn, StorageError, crew_outputs, fixes, state, transaction};
 
 /// One run to import. `fixes` pairs each fix with the indexes of the
 /// findings in `findings` it addresses; `crew_output_id` of the rows is
@@ -32,11 +32,12 @@ pub fn import_runs(
     transaction(conn, |conn| {
         let mut imported = Vec::with_capacity(runs.len());
         for mut run in runs {
-            let crew_output_id = crew_outputs::insert(conn, &run.crew_output)?.id;
+            let run_row = crew_outputs::insert(conn, &run.crew_output)?;
+            let crew_output_id = run_row.id;
             for finding in &mut run.findings {
                 finding.crew_output_id = crew_output_id;
             }
-            let finding_ids = findings::insert_rows(conn, &run.findings)?;
+            let finding_ids = state::insert_findings(conn, &run_row.crew_name, &mut run.findings)?;
 
             let (finding_indexes, mut fix_rows): (Vec<Vec<usize>>, Vec<NewFixRow>) =
                 run.fixes.into_iter().unzip();
@@ -56,6 +57,7 @@ pub fn import_runs(
                 })
                 .collect();
             fixes::insert_links(conn, &links)?;
+            state::analyze_finished_run(conn, &run_row)?;
 
             imported.push(ImportedRun {
                 crew_output_id,

@@ -78,6 +78,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    finding_triage (crew_name, fingerprint) {
+        crew_name -> Text,
+        fingerprint -> Text,
+        status -> Integer,
+        reason -> Text,
+        finding_id -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
     tasks (id) {
         id -> BigInt,
         queue -> Text,
@@ -112,6 +123,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     crew_outputs,
     code_analysis_results,
     error_handling_results,
+    finding_triage,
     fix_findings,
     log_entries,
     tasks,

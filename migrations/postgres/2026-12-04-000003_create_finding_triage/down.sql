@@ -1,0 +1,2 @@
+DROP INDEX crew_outputs_crew_status_idx;
+DROP TABLE finding_triage;

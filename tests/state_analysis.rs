@@ -254,7 +254,7 @@ async fn compare_rejects_bad_requests(mut server: TestServer) {
 }
 
 async fn compare_reports_results_diff(mut server: TestServer) {
-    let mut create = |results: serde_json::Value| pb::CreateCrewOutputRequest {
+    let create = |results: serde_json::Value| pb::CreateCrewOutputRequest {
         crew_name: "review".to_string(),
         output_type: "summary".to_string(),
         results: Some(common::to_struct(results)),

@@ -109,7 +109,9 @@ impl ServeProcess {
 
     /// Returns the exit status if the process has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("cannot poll the serve process")
+        self.child
+            .try_wait()
+            .expect("cannot poll the serve process")
     }
 
     /// Kills the process at once (SIGKILL), as a crash or power loss would.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 const PROTOS: &[&str] = &[
+    "code_analyzer/v1/audit.proto",
     "code_analyzer/v1/common.proto",
     "code_analyzer/v1/crew.proto",
     "code_analyzer/v1/analysis.proto",

@@ -9,6 +9,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::analysis::AnalysisApi;
+use crate::api::audit::AuditApi;
 use crate::api::crew::CrewApi;
 use crate::api::fix::FixApi;
 use crate::api::log::LogApi;
@@ -16,6 +17,7 @@ use crate::api::stats::StatsApi;
 use crate::api::task::TaskApi;
 use crate::pb;
 use crate::pb::analysis_service_server::AnalysisServiceServer;
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::crew_service_server::CrewServiceServer;
 use crate::pb::fix_service_server::FixServiceServer;
 use crate::pb::log_service_server::LogServiceServer;
@@ -80,6 +82,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<StatsServiceServer<StatsApi>>()
         .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<AuditApi>>()
+        .await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -101,7 +106,8 @@ pub async fn serve(
     let task = TaskServiceServer::new(TaskApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let stats = StatsServiceServer::new(StatsApi::new(storage));
+    let stats = StatsServiceServer::new(StatsApi::new(storage.clone()));
+    let audit = AuditServiceServer::new(AuditApi::new(storage));
 
     let grace = options.shutdown_grace;
     let (drain_sender, drain_receiver) = tokio::sync::oneshot::channel::<()>();
@@ -129,6 +135,9 @@ pub async fn serve(
         reporter
             .set_not_serving::<StatsServiceServer<StatsApi>>()
             .await;
+        reporter
+            .set_not_serving::<AuditServiceServer<AuditApi>>()
+            .await;
         let _ = drain_sender.send(());
     };
 
@@ -152,6 +161,7 @@ pub async fn serve(
         .add_service(log)
         .add_service(task)
         .add_service(stats)
+        .add_service(audit)
         .serve_with_incoming_shutdown(incoming, stop_accepting);
 
     tokio::pin!(server);

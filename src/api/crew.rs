@@ -205,7 +205,7 @@ impl CrewService for CrewApi {
         );
         let stored = self
             .storage
-            .run_write(move |conn| crew_outputs::insert(conn, &row))
+            .run_write(move |conn| crew_outputs::create(conn, &row))
             .await
             .map_err(to_status)?;
 

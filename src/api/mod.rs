@@ -2,6 +2,7 @@
 //! from storage errors to gRPC statuses, request validation and page tokens.
 
 pub mod analysis;
+pub mod audit;
 pub mod convert;
 pub mod crew;
 pub mod fix;

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use super::audit::{self, Change};
 use super::models::{CrewOutputRow, NewCrewOutputRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::crew_outputs;
@@ -74,6 +75,24 @@ pub fn insert(conn: &mut Conn, row: &NewCrewOutputRow) -> Result<CrewOutputRow, 
             .values(row)
             .returning(CrewOutputRow::as_returning())
             .get_result(c)?)
+    })
+}
+
+/// Inserts a crew output and its audit event in one transaction.
+pub fn create(conn: &mut Conn, row: &NewCrewOutputRow) -> Result<CrewOutputRow, StorageError> {
+    transaction(conn, |conn| {
+        let created = insert(conn, row)?;
+        audit::append(
+            conn,
+            Change::of(
+                "crew_output.create",
+                "crew_output",
+                created.id,
+                None,
+                Some(&created),
+            ),
+        )?;
+        Ok(created)
     })
 }
 
@@ -225,6 +244,16 @@ pub fn update(
             .returning(CrewOutputRow::as_returning())
             .get_result(c)?));
         let updated = updated?;
+        audit::append(
+            conn,
+            Change::of(
+                "crew_output.update",
+                "crew_output",
+                id,
+                Some(&current),
+                Some(&updated),
+            ),
+        )?;
         if updated.status != current.status {
             state::analyze_finished_run(conn, &updated)?;
         }

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use super::audit::{self, Change};
 use super::models::{FindingRow, NewFindingRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::code_analysis_results as findings;
@@ -60,6 +61,21 @@ pub fn insert_batch(
     transaction(conn, |conn| {
         let run = crew_outputs::get(conn, crew_output_id)?;
         let ids = state::insert_findings(conn, &run.crew_name, &mut rows)?;
+        let summary = serde_json::json!({
+            "count": ids.len(),
+            "first_id": ids.first(),
+            "last_id": ids.last(),
+        });
+        audit::append(
+            conn,
+            Change::of(
+                "findings.record",
+                "crew_output",
+                crew_output_id,
+                None,
+                Some(&summary),
+            ),
+        )?;
         Ok(rows
             .into_iter()
             .zip(ids)
@@ -165,7 +181,18 @@ pub fn update_status(
     reason: &str,
 ) -> Result<FindingRow, StorageError> {
     transaction(conn, |conn| {
+        let before = get(conn, id)?;
         let updated = set_status(conn, id, status, reason)?;
+        audit::append(
+            conn,
+            Change::of(
+                "finding.update",
+                "finding",
+                id,
+                Some(&before),
+                Some(&updated),
+            ),
+        )?;
         let run = crew_outputs::get(conn, updated.crew_output_id)?;
         state::record_triage(
             conn,

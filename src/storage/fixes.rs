@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use diesel::prelude::*;
 
+use super::audit::{self, Change};
 use super::models::{FixFindingRow, FixRow, FixWithFindings, NewFixRow};
 use super::paging::{Cursor, Page, PageRequest};
 use super::schema::{code_analysis_results, error_handling_results as fixes, fix_findings};
@@ -124,7 +125,13 @@ pub fn insert(
         check_findings(conn, row.crew_output_id, &finding_ids)?;
         let id = insert_rows(conn, std::slice::from_ref(&row))?[0];
         replace_links(conn, id, &finding_ids)?;
-        get(conn, id)
+        let created = get(conn, id)?;
+        let after = serde_json::json!({ "fix": created.fix, "finding_ids": created.finding_ids });
+        audit::append(
+            conn,
+            Change::of("fix.create", "fix", id, None, Some(&after)),
+        )?;
+        Ok(created)
     })
 }
 
@@ -251,7 +258,9 @@ pub fn update(
     transaction(conn, |conn| {
         let current = get_for_update(conn, id)?;
         let status = changes.status.unwrap_or(current.status);
-        let description = changes.description.unwrap_or(current.description);
+        let description = changes
+            .description
+            .unwrap_or_else(|| current.description.clone());
         with_conn!(conn, c => {
             diesel::update(fixes::table.find(id))
                 .set((
@@ -267,6 +276,13 @@ pub fn update(
             check_findings(conn, current.crew_output_id, &finding_ids)?;
             replace_links(conn, id, &finding_ids)?;
         }
-        get(conn, id)
+        let updated = get(conn, id)?;
+        let after = serde_json::json!({ "fix": updated.fix, "finding_ids": updated.finding_ids });
+        let before = serde_json::json!({ "fix": current });
+        audit::append(
+            conn,
+            Change::of("fix.update", "fix", id, Some(&before), Some(&after)),
+        )?;
+        Ok(updated)
     })
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use super::audit::{self, Change};
 use super::models::{FixFindingRow, NewCrewOutputRow, NewFindingRow, NewFixRow};
 use super::{Conn, StorageError, crew_outputs, fixes, state, transaction};
 
@@ -57,6 +58,21 @@ pub fn import_runs(
                 })
                 .collect();
             fixes::insert_links(conn, &links)?;
+            let summary = serde_json::json!({
+                "crew_output": &run_row,
+                "finding_count": finding_ids.len(),
+                "fix_count": fix_rows.len(),
+            });
+            audit::append(
+                conn,
+                Change::of(
+                    "crew_output.import",
+                    "crew_output",
+                    crew_output_id,
+                    None,
+                    Some(&summary),
+                ),
+            )?;
             state::analyze_finished_run(conn, &run_row)?;
 
             imported.push(ImportedRun {

@@ -9,6 +9,7 @@
 //! not offer. `transaction` wraps a closure over `Conn`, so storage
 //! functions compose inside one transaction.
 
+pub mod audit;
 pub mod crew_outputs;
 pub mod crews;
 pub mod findings;

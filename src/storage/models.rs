@@ -5,10 +5,11 @@
 use diesel::prelude::*;
 
 use super::schema::{
-    code_analysis_results, crew_outputs, error_handling_results, fix_findings, log_entries, tasks,
+    audit_events, code_analysis_results, crew_outputs, error_handling_results, fix_findings,
+    log_entries, tasks,
 };
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = crew_outputs)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct CrewOutputRow {
@@ -39,7 +40,7 @@ pub struct NewCrewOutputRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = code_analysis_results)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct FindingRow {
@@ -84,7 +85,7 @@ pub struct NewFindingRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = error_handling_results)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct FixRow {
@@ -157,7 +158,7 @@ pub struct NewLogEntryRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, serde::Serialize)]
 #[diesel(table_name = tasks)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct TaskRow {
@@ -195,4 +196,34 @@ pub struct NewTaskRow {
     pub run_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = audit_events)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct AuditEventRow {
+    pub id: i64,
+    pub occurred_at: i64,
+    pub actor: String,
+    pub action: String,
+    pub record_type: String,
+    pub record_id: i64,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub previous_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = audit_events)]
+pub struct NewAuditEventRow {
+    pub occurred_at: i64,
+    pub actor: String,
+    pub action: String,
+    pub record_type: String,
+    pub record_id: i64,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub previous_hash: String,
+    pub hash: String,
 }

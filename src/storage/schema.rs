@@ -2,6 +2,21 @@
 //! which a test compares column by column.
 
 diesel::table! {
+    audit_events (id) {
+        id -> BigInt,
+        occurred_at -> BigInt,
+        actor -> Text,
+        action -> Text,
+        record_type -> Text,
+        record_id -> BigInt,
+        before -> Nullable<Text>,
+        after -> Nullable<Text>,
+        previous_hash -> Text,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
     crew_outputs (id) {
         id -> BigInt,
         crew_name -> Text,
@@ -120,6 +135,7 @@ diesel::joinable!(log_entries -> crew_outputs (crew_output_id));
 diesel::joinable!(tasks -> crew_outputs (crew_output_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_events,
     crew_outputs,
     code_analysis_results,
     error_handling_results,

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 
+use super::audit::{self, Change};
 use super::models::{CrewOutputRow, FindingRow, NewFindingRow};
 use super::schema::{
     code_analysis_results as findings, crew_outputs, error_handling_results as fixes,
@@ -256,6 +257,14 @@ fn mark_fixed(conn: &mut Conn, run: &CrewOutputRow, resolved: &[i64]) -> Result<
             .returning((findings::id, findings::fingerprint))
             .get_results(c)?
         });
+        let ids: Vec<i64> = fixed.iter().map(|(id, _)| *id).collect();
+        if !ids.is_empty() {
+            let after = serde_json::json!({ "status": "FINDING_STATUS_FIXED", "finding_ids": ids });
+            audit::append(
+                conn,
+                Change::of("findings.fixed", "crew_output", run.id, None, Some(&after)),
+            )?;
+        }
         for (id, fingerprint) in fixed {
             record_triage(
                 conn,
@@ -305,6 +314,14 @@ fn verify_fixes(
             (Ok(FixStatus::Verified), true) => FixStatus::Regressed,
             _ => continue,
         };
+        let before = serde_json::json!({
+            "status": FixStatus::try_from(status).map(|s| s.as_str_name()).unwrap_or(""),
+        });
+        let after = serde_json::json!({ "status": next.as_str_name(), "run": run.id });
+        audit::append(
+            conn,
+            Change::of("fix.verify", "fix", fix_id, Some(&before), Some(&after)),
+        )?;
         with_conn!(conn, c => {
             diesel::update(fixes::table.find(fix_id))
                 .set((

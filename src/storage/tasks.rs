@@ -10,6 +10,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
+use super::audit::{self, Change};
 use super::imports::{self, RunImport};
 use super::models::{NewTaskRow, TaskRow};
 use super::paging::{Cursor, Page, PageRequest};
@@ -91,26 +92,33 @@ pub fn enqueue(conn: &mut Conn, row: &NewTaskRow) -> Result<(TaskRow, bool), Sto
             return Ok((existing, true));
         }
     }
-    let inserted = with_conn!(conn, c => {
-        diesel::insert_into(tasks::table)
-            .values(row)
-            .returning(TaskRow::as_returning())
-            .get_result(c)
+    let inserted = transaction(conn, |conn| {
+        let task: TaskRow = with_conn!(conn, c => {
+            diesel::insert_into(tasks::table)
+                .values(row)
+                .returning(TaskRow::as_returning())
+                .get_result(c)?
+        });
+        audit::append(
+            conn,
+            Change::of("task.enqueue", "task", task.id, None, Some(&task)),
+        )?;
+        Ok(task)
     });
     match (inserted, &row.dedupe_key) {
         (Ok(task), _) => Ok((task, false)),
         (
-            Err(diesel::result::Error::DatabaseError(
+            Err(StorageError::Database(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
                 _,
-            )),
+            ))),
             Some(key),
         ) => active_with_key(conn, &row.queue, key)?
             .map(|existing| (existing, true))
             .ok_or_else(|| {
                 StorageError::Task("dedupe conflict without an active task".to_string())
             }),
-        (Err(error), _) => Err(error.into()),
+        (Err(error), _) => Err(error),
     }
 }
 
@@ -131,8 +139,8 @@ fn release_expired(conn: &mut Conn, queue: &str, now: i64) -> Result<(), Storage
         .filter(tasks::queue.eq(queue))
         .filter(tasks::state.eq(TaskState::Leased as i32))
         .filter(tasks::lease_expires_at.le(now));
-    with_conn!(conn, c => {
-        diesel::update(expired.filter(tasks::attempts.ge(tasks::max_attempts)))
+    let released: Vec<TaskRow> = with_conn!(conn, c => {
+        let mut released: Vec<TaskRow> = diesel::update(expired.filter(tasks::attempts.ge(tasks::max_attempts)))
             .set((
                 tasks::state.eq(TaskState::Dead as i32),
                 tasks::last_error.eq("the lease expired on the last attempt"),
@@ -141,8 +149,9 @@ fn release_expired(conn: &mut Conn, queue: &str, now: i64) -> Result<(), Storage
                 tasks::revision.eq(tasks::revision + 1),
                 tasks::updated_at.eq(now),
             ))
-            .execute(c)?;
-        diesel::update(expired)
+            .returning(TaskRow::as_returning())
+            .get_results(c)?;
+        let queued: Vec<TaskRow> = diesel::update(expired)
             .set((
                 tasks::state.eq(TaskState::Queued as i32),
                 tasks::last_error.eq("the lease expired"),
@@ -151,8 +160,17 @@ fn release_expired(conn: &mut Conn, queue: &str, now: i64) -> Result<(), Storage
                 tasks::revision.eq(tasks::revision + 1),
                 tasks::updated_at.eq(now),
             ))
-            .execute(c)?;
+            .returning(TaskRow::as_returning())
+            .get_results(c)?;
+        released.extend(queued);
+        released
     });
+    for task in &released {
+        audit::append(
+            conn,
+            Change::of("task.lease_expired", "task", task.id, None, Some(task)),
+        )?;
+    }
     Ok(())
 }
 
@@ -179,6 +197,12 @@ pub fn claim(conn: &mut Conn, claim: &Claim) -> Result<Vec<TaskRow>, StorageErro
             Conn::Postgres(c) => run_claim!(&mut **c, POSTGRES_CLAIM),
         };
         claimed.sort_by_key(|task| (std::cmp::Reverse(task.priority), task.id));
+        for task in &claimed {
+            audit::append(
+                conn,
+                Change::of("task.claim", "task", task.id, None, Some(task)),
+            )?;
+        }
         Ok(claimed)
     })
 }
@@ -269,6 +293,10 @@ pub fn complete(
     transaction(conn, |conn| {
         let mut task = finish_lease(conn, id, lease_token, TaskState::Succeeded, now)?;
         let Some(run) = result else {
+            audit::append(
+                conn,
+                Change::of("task.complete", "task", id, None, Some(&task)),
+            )?;
             return Ok((task, None));
         };
         let crew_output_id = imports::import_runs(conn, vec![run])?[0].crew_output_id;
@@ -278,6 +306,10 @@ pub fn complete(
                 .returning(TaskRow::as_returning())
                 .get_result(c)?
         });
+        audit::append(
+            conn,
+            Change::of("task.complete", "task", id, None, Some(&task)),
+        )?;
         Ok((task, Some(crew_output_id)))
     })
 }
@@ -306,12 +338,17 @@ pub fn fail(
         } else {
             now + backoff_ms(current.retry_backoff_ms, current.attempts) * 1_000
         };
-        Ok(with_conn!(conn, c => {
+        let failed: TaskRow = with_conn!(conn, c => {
             diesel::update(tasks::table.find(id))
                 .set((tasks::last_error.eq(error), tasks::run_at.eq(run_at)))
                 .returning(TaskRow::as_returning())
                 .get_result(c)?
-        }))
+        });
+        audit::append(
+            conn,
+            Change::of("task.fail", "task", id, Some(&current), Some(&failed)),
+        )?;
+        Ok(failed)
     })
 }
 
@@ -359,6 +396,29 @@ pub fn list(
 /// Moves a task from one of `from` to `to` by an operator, or explains why
 /// it cannot move.
 fn operator_move(
+    conn: &mut Conn,
+    id: i64,
+    from: &[TaskState],
+    to: TaskState,
+    now: i64,
+) -> Result<TaskRow, StorageError> {
+    let action = if to == TaskState::Queued {
+        "task.retry"
+    } else {
+        "task.cancel"
+    };
+    transaction(conn, |conn| {
+        let before = get(conn, id)?;
+        let moved = move_state(conn, id, from, to, now)?;
+        audit::append(
+            conn,
+            Change::of(action, "task", id, Some(&before), Some(&moved)),
+        )?;
+        Ok(moved)
+    })
+}
+
+fn move_state(
     conn: &mut Conn,
     id: i64,
     from: &[TaskState],

@@ -1,0 +1,317 @@
+//! The audit trail on both backends: every change writes an event in its
+//! own transaction, events list with filters and paging, and a tampered or
+//! removed event is found by VerifyAuditTrail.
+
+mod common;
+
+use code_analyzer::pb;
+use code_analyzer::pb::audit_service_client::AuditServiceClient;
+use code_analyzer::pb::task_service_client::TaskServiceClient;
+use code_analyzer::pb::{CrewOutputStatus, FindingStatus, FixStatus};
+use common::{TestServer, assert_status, expect_error};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn audit(server: &TestServer) -> AuditServiceClient<Channel> {
+    AuditServiceClient::new(server.channel.clone())
+}
+
+async fn events(
+    server: &TestServer,
+    request: pb::ListAuditEventsRequest,
+) -> pb::ListAuditEventsResponse {
+    audit(server)
+        .list_audit_events(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn all_actions(server: &TestServer) -> Vec<String> {
+    let mut listed = events(
+        server,
+        pb::ListAuditEventsRequest {
+            page_size: 1_000,
+            ..Default::default()
+        },
+    )
+    .await
+    .events;
+    listed.reverse();
+    listed.into_iter().map(|event| event.action).collect()
+}
+
+async fn set_status(
+    server: &mut TestServer,
+    id: i64,
+    status: CrewOutputStatus,
+) -> Result<(), tonic::Status> {
+    server
+        .crew
+        .update_crew_output(pb::UpdateCrewOutputRequest {
+            id,
+            crew_output: Some(pb::CrewOutput {
+                status: status as i32,
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Makes one change of every kind.
+async fn change_everything(server: &mut TestServer) -> (i64, i64, i64) {
+    let run = server.create_crew_output("auditor").await;
+    set_status(server, run.id, CrewOutputStatus::Running)
+        .await
+        .unwrap();
+    let finding = server
+        .record_findings(
+            run.id,
+            vec![common::new_finding("a.py", "S105", "password")],
+        )
+        .await
+        .remove(0);
+    server
+        .analysis
+        .update_finding(pb::UpdateFindingRequest {
+            id: finding.id,
+            status: FindingStatus::Dismissed as i32,
+            reason: "used in tests".to_string(),
+        })
+        .await
+        .unwrap();
+    let fix = server
+        .fixes
+        .record_fix(pb::RecordFixRequest {
+            crew_output_id: run.id,
+            file_path: "a.py".to_string(),
+            finding_ids: vec![finding.id],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    server
+        .fixes
+        .update_fix(pb::UpdateFixRequest {
+            id: fix.id,
+            status: FixStatus::Applied as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    tasks
+        .enqueue_task(pb::EnqueueTaskRequest {
+            queue: "audit".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let claimed = tasks
+        .claim_tasks(pb::ClaimTasksRequest {
+            queue: "audit".to_string(),
+            worker: "w1".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .remove(0);
+    tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: claimed.id,
+            lease_token: claimed.lease_token,
+            result: None,
+        })
+        .await
+        .unwrap();
+    (run.id, finding.id, fix.id)
+}
+
+async fn changes_write_events(mut server: TestServer) {
+    let (run, finding, _) = change_everything(&mut server).await;
+    assert_eq!(
+        all_actions(&server).await,
+        [
+            "crew_output.create",
+            "crew_output.update",
+            "findings.record",
+            "finding.update",
+            "fix.create",
+            "fix.update",
+            "task.enqueue",
+            "task.claim",
+            "task.complete",
+        ]
+    );
+
+    let update = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            record_type: "finding".to_string(),
+            record_id: finding,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(update.total_size, 1);
+    let event = &update.events[0];
+    assert_eq!(event.actor, "anonymous");
+    let before: serde_json::Value = serde_json::from_str(&event.before).unwrap();
+    let after: serde_json::Value = serde_json::from_str(&event.after).unwrap();
+    assert_eq!(before["status"], FindingStatus::Open as i32);
+    assert_eq!(after["status"], FindingStatus::Dismissed as i32);
+    assert_eq!(after["status_reason"], "used in tests");
+    assert_eq!(event.hash.len(), 64);
+
+    let run_events = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            record_type: "crew_output".to_string(),
+            record_id: run,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        run_events.total_size, 3,
+        "create, update and the findings batch"
+    );
+}
+
+async fn failed_change_writes_no_event(mut server: TestServer) {
+    let run = server.create_crew_output("auditor").await;
+    set_status(&mut server, run.id, CrewOutputStatus::Succeeded)
+        .await
+        .unwrap();
+    let status = set_status(&mut server, run.id, CrewOutputStatus::Running)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        all_actions(&server).await,
+        ["crew_output.create", "crew_output.update"]
+    );
+}
+
+async fn list_filters_and_pages(mut server: TestServer) {
+    change_everything(&mut server).await;
+    let by_action = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            action: "task.claim".to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_action.total_size, 1);
+    let by_actor = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            actor: "someone-else".to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_actor.total_size, 0);
+    let future = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            occurred_after: Some(common::time(100 * 365 * 24 * 3_600)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(future.total_size, 0);
+
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = events(
+            &server,
+            pb::ListAuditEventsRequest {
+                page_size: 4,
+                page_token,
+                ..Default::default()
+            },
+        )
+        .await;
+        ids.extend(page.events.iter().map(|event| event.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(ids.len(), 9);
+    assert!(
+        ids.windows(2).all(|pair| pair[0] > pair[1]),
+        "newest first: {ids:?}"
+    );
+
+    let status = expect_error(
+        audit(&server)
+            .list_audit_events(pb::ListAuditEventsRequest {
+                record_id: 1,
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "record_type: is required with record_id",
+    );
+}
+
+async fn verify(server: &TestServer) -> pb::VerifyAuditTrailResponse {
+    audit(server)
+        .verify_audit_trail(pb::VerifyAuditTrailRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn tampered_event_is_found(mut server: TestServer) {
+    change_everything(&mut server).await;
+    let intact = verify(&server).await;
+    assert!(intact.intact);
+    assert_eq!(intact.checked_count, 9);
+    assert_eq!(intact.first_broken_event_id, 0);
+
+    server.database.query_text(
+        "UPDATE audit_events SET after = '{\"status\": 99}' WHERE id = 4 \
+         RETURNING CAST(id AS TEXT) AS value",
+    );
+    let tampered = verify(&server).await;
+    assert!(!tampered.intact);
+    assert_eq!(tampered.first_broken_event_id, 4);
+    assert_eq!(tampered.checked_count, 3);
+    assert_eq!(tampered.reason, "its hash does not match its fields");
+}
+
+async fn removed_event_is_found(mut server: TestServer) {
+    change_everything(&mut server).await;
+    server
+        .database
+        .query_text("DELETE FROM audit_events WHERE id = 2 RETURNING CAST(id AS TEXT) AS value");
+    let result = verify(&server).await;
+    assert!(!result.intact);
+    assert_eq!(result.first_broken_event_id, 3);
+    assert_eq!(
+        result.reason,
+        "its previous_hash is not the hash of the event before it"
+    );
+}
+
+backend_tests! {
+    changes_write_events,
+    failed_change_writes_no_event,
+    list_filters_and_pages,
+    tampered_event_is_found,
+    removed_event_is_found,
+}

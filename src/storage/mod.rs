@@ -23,8 +23,8 @@ pub mod schema;
 pub mod state;
 pub mod stats;
 pub mod tasks;
+mod writer;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -33,7 +33,6 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use parking_lot::Mutex;
 use tracing::Instrument;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -280,12 +279,8 @@ enum Pool {
 #[derive(Clone)]
 pub struct Storage {
     pool: Pool,
-    /// On SQLite, held by every write for its whole duration. SQLite runs
-    /// one writer at a time anyway; queueing writers here, in order, is
-    /// much faster than letting them poll the database lock through the
-    /// busy handler, which sleeps for milliseconds between tries.
-    /// A writer waits for it at most the pool timeout, like for a connection.
-    write_lock: Option<Arc<Mutex<()>>>,
+    /// On SQLite, the thread that runs writes with group commit.
+    writer: Option<writer::Writer>,
     /// What Diesel connects with: a file path or a PostgreSQL URL.
     target: String,
     connection_timeout: Duration,
@@ -318,12 +313,19 @@ impl Storage {
                 Pool::Postgres(pool)
             }
         };
-        Ok(Storage {
-            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        let mut storage = Storage {
+            writer: None,
             pool,
             target,
             connection_timeout: options.connection_timeout,
-        })
+        };
+        if backend == Backend::Sqlite {
+            storage.writer = Some(writer::Writer::start(
+                storage.clone(),
+                options.connection_timeout,
+            ));
+        }
+        Ok(storage)
     }
 
     pub fn backend(&self) -> Backend {
@@ -387,20 +389,25 @@ impl Storage {
         F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
         T: Send + 'static,
     {
-        self.run_blocking(work, false).await
+        self.run_blocking(work).await
     }
 
-    /// Runs `work`, which writes, like `run`; on SQLite, writes of this
-    /// process run one at a time, in the order they arrive.
+    /// Runs `work`, which writes, like `run`. On SQLite, the writer thread
+    /// runs it in a savepoint of a transaction shared with the other writes
+    /// waiting at that moment (see `writer`); a caller waits at most the
+    /// pool timeout for a place in the queue.
     pub async fn run_write<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
         T: Send + 'static,
     {
-        self.run_blocking(work, true).await
+        match &self.writer {
+            Some(writer) => writer.write(work).await,
+            None => self.run_blocking(work).await,
+        }
     }
 
-    async fn run_blocking<T, F>(&self, work: F, writes: bool) -> Result<T, StorageError>
+    async fn run_blocking<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
         T: Send + 'static,
@@ -409,13 +416,6 @@ impl Storage {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let _writer = match (&storage.write_lock, writes) {
-                (Some(lock), true) => Some(
-                    lock.try_lock_for(storage.connection_timeout)
-                        .ok_or(StorageError::PoolTimeout(storage.connection_timeout))?,
-                ),
-                _ => None,
-            };
             let mut conn = storage.get()?;
             work(&mut conn)
         })

@@ -1,0 +1,173 @@
+//! The SQLite writer: one thread that owns the write side of the database
+//! and commits the writes waiting in its queue together.
+//!
+//! SQLite runs one write transaction at a time, and with
+//! `synchronous=FULL` each commit waits for the disk. The writer takes every
+//! write queued when it becomes free, runs each in a savepoint of one
+//! transaction, and commits once: a write that fails rolls back its own
+//! savepoint only, and every write's caller hears back after the commit, so
+//! what a caller is told is stored is on disk. Under load many writes share
+//! one disk flush (group commit).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Conn, Storage, StorageError, transaction, with_conn};
+
+/// Writes committed together at most, so one commit's latency stays small.
+const MAX_WRITES_PER_COMMIT: usize = 64;
+
+/// Writes waiting at most; further callers wait for a place, bounded by the
+/// pool timeout.
+const QUEUE_CAPACITY: usize = 1_024;
+
+/// Delivers a write's result once its transaction has committed (`None`)
+/// or failed to commit (`Some` with the reason).
+type Finish = Box<dyn FnOnce(Option<String>) + Send>;
+
+/// What the writer does with a write: run it, or answer it with an error
+/// without running it.
+enum Run<'a> {
+    Execute(&'a mut Conn),
+    Reject(StorageError),
+}
+
+/// A write: runs in a savepoint and returns how to deliver its result, or
+/// delivers a rejection at once.
+type Job = Box<dyn FnOnce(Run<'_>) -> Option<Finish> + Send>;
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+    queue_timeout: Duration,
+}
+
+impl Writer {
+    /// Starts the writer thread for `storage`, which must be SQLite.
+    pub fn start(storage: Storage, queue_timeout: Duration) -> Writer {
+        let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("sqlite-writer".to_string())
+            .spawn(move || run(storage, queue))
+            .expect("cannot start the SQLite writer thread");
+        Writer {
+            jobs,
+            queue_timeout,
+        }
+    }
+
+    /// Runs `work` in the next group commit and returns its result after
+    /// the commit.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let span = tracing::Span::current();
+        let job: Job = Box::new(move |run: Run<'_>| {
+            let conn = match run {
+                Run::Execute(conn) => conn,
+                Run::Reject(error) => {
+                    let _ = done.send(Err(error));
+                    return None;
+                }
+            };
+            let _entered = span.enter();
+            let outcome = catch_unwind(AssertUnwindSafe(|| transaction(conn, work)))
+                .unwrap_or_else(|_| Err(StorageError::Task("a write panicked".to_string())));
+            Some(Box::new(move |commit_error: Option<String>| {
+                let outcome = match (outcome, commit_error) {
+                    (Ok(_), Some(reason)) => Err(StorageError::Task(reason)),
+                    (outcome, _) => outcome,
+                };
+                let _ = done.send(outcome);
+            }) as Finish)
+        });
+        tokio::time::timeout(self.queue_timeout, self.jobs.send(job))
+            .await
+            .map_err(|_| StorageError::PoolTimeout(self.queue_timeout))?
+            .map_err(|_| StorageError::Task("the SQLite writer stopped".to_string()))?;
+        result
+            .await
+            .map_err(|_| StorageError::Task("the SQLite writer dropped a write".to_string()))?
+    }
+}
+
+/// The writer thread: waits for a write, takes the others already queued,
+/// and runs them in one transaction.
+fn run(storage: Storage, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_WRITES_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_together(&storage, jobs);
+    }
+    tracing::debug!("SQLite writer stopped");
+}
+
+fn commit_together(storage: &Storage, jobs: Vec<Job>) {
+    let mut conn = match storage.get() {
+        Ok(conn) => conn,
+        Err(error) => {
+            for job in jobs {
+                job(Run::Reject(duplicate(&error)));
+            }
+            return;
+        }
+    };
+    let begun = match &mut conn {
+        Conn::Sqlite(c) => {
+            AnsiTransactionManager::begin_transaction_sql(&mut **c, "BEGIN IMMEDIATE")
+        }
+        Conn::Postgres(c) => AnsiTransactionManager::begin_transaction(&mut **c),
+    };
+    if let Err(error) = begun {
+        // Another process holds the write lock past the busy timeout; each
+        // write reports it as it would report its own statement failing.
+        tracing::warn!(error = %error, writes = jobs.len(), "cannot begin a write transaction");
+        let error = StorageError::Database(error);
+        for job in jobs {
+            job(Run::Reject(duplicate(&error)));
+        }
+        return;
+    }
+
+    let finishes: Vec<Finish> = jobs
+        .into_iter()
+        .filter_map(|job| job(Run::Execute(&mut conn)))
+        .collect();
+    let committed = with_conn!(&mut conn, c => AnsiTransactionManager::commit_transaction(c));
+    let commit_error = committed.err().map(|error| {
+        tracing::error!(error = %error, writes = finishes.len(), "group commit failed");
+        let _ = with_conn!(&mut conn, c => AnsiTransactionManager::rollback_transaction(c));
+        format!("commit failed: {error}")
+    });
+    for finish in finishes {
+        finish(commit_error.clone());
+    }
+}
+
+/// Copies an error for each write of a failed batch, keeping what decides
+/// its gRPC status: a pool timeout stays one, and a database error keeps
+/// its message (SQLite reports a busy database only there).
+fn duplicate(error: &StorageError) -> StorageError {
+    match error {
+        StorageError::PoolTimeout(waited) => StorageError::PoolTimeout(*waited),
+        StorageError::Database(diesel::result::Error::DatabaseError(kind, info)) => {
+            StorageError::Database(diesel::result::Error::DatabaseError(
+                *kind,
+                Box::new(info.message().to_string()),
+            ))
+        }
+        other => StorageError::Task(other.to_string()),
+    }
+}

@@ -12,6 +12,7 @@ use crate::api::analysis::AnalysisApi;
 use crate::api::crew::CrewApi;
 use crate::api::fix::FixApi;
 use crate::api::log::LogApi;
+use crate::api::report::ReportApi;
 use crate::api::stats::StatsApi;
 use crate::api::task::TaskApi;
 use crate::pb;
@@ -19,6 +20,7 @@ use crate::pb::analysis_service_server::AnalysisServiceServer;
 use crate::pb::crew_service_server::CrewServiceServer;
 use crate::pb::fix_service_server::FixServiceServer;
 use crate::pb::log_service_server::LogServiceServer;
+use crate::pb::report_service_server::ReportServiceServer;
 use crate::pb::stats_service_server::StatsServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::storage::Storage;
@@ -80,6 +82,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<StatsServiceServer<StatsApi>>()
         .await;
+    health_reporter
+        .set_serving::<ReportServiceServer<ReportApi>>()
+        .await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -99,6 +104,9 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let task = TaskServiceServer::new(TaskApi::new(storage.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let report = ReportServiceServer::new(ReportApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let stats = StatsServiceServer::new(StatsApi::new(storage));
@@ -129,6 +137,9 @@ pub async fn serve(
         reporter
             .set_not_serving::<StatsServiceServer<StatsApi>>()
             .await;
+        reporter
+            .set_not_serving::<ReportServiceServer<ReportApi>>()
+            .await;
         let _ = drain_sender.send(());
     };
 
@@ -152,6 +163,7 @@ pub async fn serve(
         .add_service(log)
         .add_service(task)
         .add_service(stats)
+        .add_service(report)
         .serve_with_incoming_shutdown(incoming, stop_accepting);
 
     tokio::pin!(server);

@@ -12,6 +12,9 @@ use crate::fingerprint;
 use crate::paths;
 use crate::pb::Priority;
 
+pub mod export;
+pub mod pull_request;
+
 /// Why a SARIF log cannot be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum SarifError {

@@ -295,9 +295,14 @@ fn write_fixes(body: &mut String, input: &DraftInput<'_>) {
             .collect();
         let _ = writeln!(
             body,
-            "\n### Fix {}: {description}\n\nFile `{}`; addresses findings {}.\n",
+            "\n### Fix {}: {description}\n\nFile `{}`; addresses {} {}.\n",
             fix.fix.id,
             fix.fix.file_path,
+            if addressed.len() == 1 {
+                "finding"
+            } else {
+                "findings"
+            },
             addressed.join(", ")
         );
         match fix_diff(fix, input.source_root) {

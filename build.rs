@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "code_analyzer/v1/log.proto",
     "code_analyzer/v1/stats.proto",
     "code_analyzer/v1/task.proto",
+    "code_analyzer/v1/report.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,6 @@
 //! The `code-analyzer` command: `serve`, `migrate`, and the client
-//! subcommands `import-sarif`, `push-logs` and `history`.
+//! subcommands `import-sarif`, `push-logs`, `history`, `compare`,
+//! `export-sarif` and `draft-pr`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -8,6 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use code_analyzer::client::{
     self, history::HistoryArgs, import_sarif::ImportSarifArgs, push_logs::PushLogsArgs,
+};
+use code_analyzer::client::{
+    compare::CompareArgs, draft_pr::DraftPrArgs, export_sarif::ExportSarifArgs,
 };
 use code_analyzer::config::{DatabaseArgs, LogFormat, ServeArgs};
 use code_analyzer::server::{self, ServerOptions};
@@ -37,6 +41,12 @@ enum Command {
     PushLogs(PushLogsArgs),
     /// Print the findings and fixes of one file across all runs.
     History(HistoryArgs),
+    /// Compare the findings and results of two runs.
+    Compare(CompareArgs),
+    /// Write the SARIF 2.1.0 log of one run to a file or stdout.
+    ExportSarif(ExportSarifArgs),
+    /// Build and store a pull-request draft from a run's open findings and fixes.
+    DraftPr(DraftPrArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -143,6 +153,15 @@ async fn main() -> ExitCode {
             .await
             .map_err(|error| error.to_string()),
         Command::History(args) => client::history::run(args)
+            .await
+            .map_err(|error| error.to_string()),
+        Command::Compare(args) => client::compare::run(args)
+            .await
+            .map_err(|error| error.to_string()),
+        Command::ExportSarif(args) => client::export_sarif::run(args)
+            .await
+            .map_err(|error| error.to_string()),
+        Command::DraftPr(args) => client::draft_pr::run(args)
             .await
             .map_err(|error| error.to_string()),
     };

@@ -41,6 +41,21 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
+/// Escapes a path for use in a URI: every byte other than an unreserved
+/// character (RFC 3986) or `/` becomes `%XX`, so `percent_decode` gives the
+/// path back.
+pub fn percent_encode(path: &str) -> String {
+    let mut encoded = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 /// Turns a `file://` URI or a path into a local path: strips the scheme and
 /// host, then decodes escapes. Other URIs are returned unchanged.
 pub fn uri_to_path(uri: &str) -> String {
@@ -111,6 +126,15 @@ mod tests {
         );
         assert_eq!(relative_to("src/main.rs", Some("/repo")), "src/main.rs");
         assert_eq!(relative_to("file://host/share/a.c", Some("/share")), "a.c");
+    }
+
+    #[test]
+    fn encoded_paths_decode_to_themselves() {
+        let path = "lib/my tools/100%/ä:b#c.py";
+        assert_eq!(percent_encode("lib/a_b-c.py"), "lib/a_b-c.py");
+        assert_eq!(percent_encode("my tools/a.py"), "my%20tools/a.py");
+        assert_eq!(percent_decode(&percent_encode(path)), path);
+        assert_eq!(relative_to(&percent_encode(path), None), path);
     }
 
     #[test]

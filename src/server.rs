@@ -1,4 +1,4 @@
-//! The tonic server: the four record services, health and reflection, with
+//! The tonic server: the record services, health and reflection, with
 //! message limits and graceful shutdown.
 
 use std::future::Future;
@@ -13,6 +13,7 @@ use crate::api::audit::AuditApi;
 use crate::api::crew::CrewApi;
 use crate::api::fix::FixApi;
 use crate::api::log::LogApi;
+use crate::api::report::ReportApi;
 use crate::api::stats::StatsApi;
 use crate::api::task::TaskApi;
 use crate::pb;
@@ -21,6 +22,7 @@ use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::crew_service_server::CrewServiceServer;
 use crate::pb::fix_service_server::FixServiceServer;
 use crate::pb::log_service_server::LogServiceServer;
+use crate::pb::report_service_server::ReportServiceServer;
 use crate::pb::stats_service_server::StatsServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::storage::Storage;
@@ -85,6 +87,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<AuditServiceServer<AuditApi>>()
         .await;
+    health_reporter
+        .set_serving::<ReportServiceServer<ReportApi>>()
+        .await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -104,6 +109,9 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let task = TaskServiceServer::new(TaskApi::new(storage.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let report = ReportServiceServer::new(ReportApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let stats = StatsServiceServer::new(StatsApi::new(storage.clone()));
@@ -138,6 +146,9 @@ pub async fn serve(
         reporter
             .set_not_serving::<AuditServiceServer<AuditApi>>()
             .await;
+        reporter
+            .set_not_serving::<ReportServiceServer<ReportApi>>()
+            .await;
         let _ = drain_sender.send(());
     };
 
@@ -162,6 +173,7 @@ pub async fn serve(
         .add_service(task)
         .add_service(stats)
         .add_service(audit)
+        .add_service(report)
         .serve_with_incoming_shutdown(incoming, stop_accepting);
 
     tokio::pin!(server);

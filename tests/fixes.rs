@@ -187,7 +187,7 @@ async fn record_negative_finding_id_invalid(mut server: TestServer) {
 async fn record_rejects_invalid_fields(mut server: TestServer) {
     let run = server.create_crew_output("fixer").await.id;
     let mut bad_status = fix_request(run, "lib/a.py", Vec::new());
-    bad_status.status = 8;
+    bad_status.status = 99;
     let mut long_description = fix_request(run, "lib/a.py", Vec::new());
     long_description.description = "d".repeat(64 * 1024 + 1);
     let mut deep_changes = fix_request(run, "lib/a.py", Vec::new());
@@ -202,7 +202,7 @@ async fn record_rejects_invalid_fields(mut server: TestServer) {
             fix_request(run, &"p".repeat(4097), Vec::new()),
             "file_path:",
         ),
-        (bad_status, "status: 8 is not a known value"),
+        (bad_status, "status: 99 is not a known value"),
         (long_description, "description:"),
         (deep_changes, "changes: is nested deeper than 32 levels"),
         (

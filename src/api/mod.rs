@@ -8,6 +8,7 @@ pub mod crew;
 pub mod fix;
 pub mod log;
 pub mod paging;
+pub mod report;
 pub mod stats;
 pub mod task;
 pub mod validate;

@@ -1,6 +1,10 @@
 //! Client subcommands that talk to a running server: `import-sarif`,
-//! `push-logs` and `history`. Each prints a short summary, or JSON with `--json`.
+//! `push-logs`, `history`, `compare`, `export-sarif` and `draft-pr`. Each
+//! prints a short summary, or JSON with `--json`.
 
+pub mod compare;
+pub mod draft_pr;
+pub mod export_sarif;
 pub mod history;
 pub mod import_sarif;
 pub mod push_logs;

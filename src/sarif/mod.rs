@@ -12,6 +12,9 @@ use crate::fingerprint;
 use crate::paths;
 use crate::pb::Priority;
 
+pub mod export;
+pub mod pull_request;
+
 /// Why a SARIF log cannot be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum SarifError {
@@ -271,15 +274,42 @@ fn clamp_position(value: Option<i64>) -> i32 {
     value.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32
 }
 
+/// Start of the `partialFingerprints` keys under which an export of this
+/// server keeps a stored fingerprint; the fingerprint version follows, as
+/// in `codeAnalyzer/v1`.
+pub const OWN_FINGERPRINT_PREFIX: &str = "codeAnalyzer/v";
+
+/// Reads a fingerprint that an export of this server wrote, with its version.
+fn own_fingerprint(fields: &ResultFields<'_>) -> Option<(String, i32)> {
+    fields
+        .partial_fingerprints
+        .as_ref()?
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .filter_map(|(key, value)| {
+            let version = key.strip_prefix(OWN_FINGERPRINT_PREFIX)?.parse().ok()?;
+            [fingerprint::EXTERNAL_VERSION, fingerprint::DERIVED_VERSION]
+                .contains(&version)
+                .then(|| (value.clone(), version))
+        })
+        .max_by_key(|(_, version)| *version)
+}
+
 /// Picks the analyzer's own fingerprint, preferring full fingerprints over
 /// partial ones and, within each, the smallest key, so the choice is stable.
-fn external_fingerprint(fields: &ResultFields<'_>) -> Option<String> {
-    [&fields.fingerprints, &fields.partial_fingerprints]
+/// Keys that start with `OWN_FINGERPRINT_PREFIX` are not the analyzer's.
+pub fn analyzer_fingerprint(
+    fingerprints: Option<&HashMap<String, String>>,
+    partial_fingerprints: Option<&HashMap<String, String>>,
+) -> Option<String> {
+    [fingerprints, partial_fingerprints]
         .into_iter()
         .flatten()
         .find_map(|map| {
             map.iter()
-                .filter(|(_, value)| !value.is_empty())
+                .filter(|(key, value)| {
+                    !value.is_empty() && !key.starts_with(OWN_FINGERPRINT_PREFIX)
+                })
                 .min_by(|a, b| a.0.cmp(b.0))
                 .map(|(key, value)| format!("{key}:{value}"))
         })
@@ -394,9 +424,14 @@ fn parse_result(
         .map(|line| clamp_position(Some(line)))
         .unwrap_or(start_line);
 
-    let (fingerprint, fingerprint_version) = match external_fingerprint(&fields) {
-        Some(external) => (external, fingerprint::EXTERNAL_VERSION),
-        None => (
+    let external = analyzer_fingerprint(
+        fields.fingerprints.as_ref(),
+        fields.partial_fingerprints.as_ref(),
+    );
+    let (fingerprint, fingerprint_version) = match (own_fingerprint(&fields), external) {
+        (Some(own), _) => own,
+        (None, Some(external)) => (external, fingerprint::EXTERNAL_VERSION),
+        (None, None) => (
             fingerprint::derive(&rule_id, &file_path, &message),
             fingerprint::DERIVED_VERSION,
         ),

@@ -120,3 +120,59 @@ fn gzip_is_detected_and_bounded() {
         Err(SarifError::TooLarge(100))
     ));
 }
+
+/// Parses one result of a run of "ruff" without a source root.
+fn parse_result_json(result: &str) -> ParsedFinding {
+    let log = format!(
+        r#"{{"version": "2.1.0", "runs": [{{"tool": {{"driver": {{"name": "ruff"}}}}, "results": [{result}]}}]}}"#
+    );
+    let mut runs = parse(log.as_bytes(), &ImportOptions::default()).unwrap();
+    runs.remove(0).findings.remove(0)
+}
+
+#[test]
+fn own_fingerprint_is_kept_verbatim() {
+    let finding = parse_result_json(
+        r#"{"ruleId": "F401", "message": {"text": "unused"},
+            "partialFingerprints": {"codeAnalyzer/v1": "0123abcd", "a": "b"}}"#,
+    );
+    assert_eq!(finding.fingerprint, "0123abcd");
+    assert_eq!(finding.fingerprint_version, fingerprint::DERIVED_VERSION);
+
+    let finding = parse_result_json(
+        r#"{"ruleId": "F401", "message": {"text": "unused"},
+            "partialFingerprints": {"codeAnalyzer/v0": "client-key"}}"#,
+    );
+    assert_eq!(finding.fingerprint, "client-key");
+    assert_eq!(finding.fingerprint_version, fingerprint::EXTERNAL_VERSION);
+}
+
+#[test]
+fn own_fingerprint_key_is_not_an_analyzer_fingerprint() {
+    let finding = parse_result_json(
+        r#"{"ruleId": "F401", "message": {"text": "unused"},
+            "partialFingerprints": {"codeAnalyzer/v9": "unknown-version"}}"#,
+    );
+    assert_eq!(finding.fingerprint_version, fingerprint::DERIVED_VERSION);
+    assert_eq!(
+        finding.fingerprint,
+        fingerprint::derive("F401", "", "unused")
+    );
+}
+
+#[test]
+fn relative_uri_with_base_stays_relative() {
+    let result = r#"{"ruleId": "F401", "message": {"text": "unused"},
+        "locations": [{"physicalLocation": {"artifactLocation":
+          {"uri": "lib/my%20tools/a.py", "uriBaseId": "%SRCROOT%"}}}]}"#;
+    assert_eq!(parse_result_json(result).file_path, "lib/my tools/a.py");
+
+    let log = format!(
+        r#"{{"version": "2.1.0", "runs": [{{"tool": {{"driver": {{"name": "ruff"}}}}, "results": [{result}]}}]}}"#
+    );
+    let options = ImportOptions {
+        source_root: Some("/home/dev/crewAI".to_string()),
+    };
+    let runs = parse(log.as_bytes(), &options).unwrap();
+    assert_eq!(runs[0].findings[0].file_path, "lib/my tools/a.py");
+}

@@ -19,6 +19,7 @@ pub mod imports;
 pub mod logs;
 pub mod models;
 pub mod paging;
+pub mod reports;
 pub mod schema;
 pub mod state;
 pub mod stats;

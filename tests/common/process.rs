@@ -48,14 +48,20 @@ impl ServeProcess {
         let lines = Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in reader.lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let fields = &event["fields"];
-                    if let Some(address) = fields["address"].as_str() {
+                // Store the line before announcing the start, so the test
+                // that waits for the start also sees the line.
+                let start = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|event| {
+                        let fields = &event["fields"];
+                        let address = fields["address"].as_str()?.to_string();
                         let applied = fields["migrations_applied"].as_str().unwrap_or_default();
-                        let _ = started.send((address.to_string(), applied.to_string()));
-                    }
-                }
+                        Some((address, applied.to_string()))
+                    });
                 lines.lock().unwrap().push(line);
+                if let Some(start) = start {
+                    let _ = started.send(start);
+                }
             }
         });
 

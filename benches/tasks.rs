@@ -107,7 +107,8 @@ async fn drain_queue(channel: Channel, workers: usize, batch: i32) -> Drained {
         let mut tasks = TaskServiceClient::new(channel.clone());
         handles.push(tokio::spawn(async move {
             let mut completed = 0;
-            let (mut claims, mut claim_time, mut complete_time) = (0, Duration::ZERO, Duration::ZERO);
+            let (mut claims, mut claim_time, mut complete_time) =
+                (0, Duration::ZERO, Duration::ZERO);
             loop {
                 let claim_started = Instant::now();
                 let claimed = tasks
@@ -246,7 +247,10 @@ async fn main() {
     );
     for backend in options.backends.clone() {
         if let Some(drained) = run_backend(backend, &options).await {
-            assert_eq!(drained.completed, options.tasks, "{backend}: every task completes once");
+            assert_eq!(
+                drained.completed, options.tasks,
+                "{backend}: every task completes once"
+            );
             println!(
                 "{:<10} {:>8} {:>9.2} {:>10.0} {:>14.2} {:>17.2}",
                 backend,

@@ -77,10 +77,10 @@ async fn open_and_migrate(database: &DatabaseArgs) -> Result<(Storage, Vec<Strin
 #[cfg(unix)]
 fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, String> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|error| format!("cannot handle SIGTERM: {error}"))?;
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|error| format!("cannot handle SIGINT: {error}"))?;
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|error| format!("cannot handle SIGTERM: {error}"))?;
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|error| format!("cannot handle SIGINT: {error}"))?;
     Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("received SIGINT"),

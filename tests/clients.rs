@@ -89,7 +89,9 @@ fn run_with_timeout(mut command: Command, timeout: Duration) -> Option<Output> {
         status
     });
     if exit.recv_timeout(timeout).is_err() {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     let status = waiter
         .join()
@@ -147,7 +149,10 @@ fn declared_rpcs() -> BTreeSet<String> {
     let mut rpcs = BTreeSet::new();
     for entry in std::fs::read_dir(&folder).expect("cannot read the proto folder") {
         let path = entry.unwrap().path();
-        if path.extension().is_none_or(|extension| extension != "proto") {
+        if path
+            .extension()
+            .is_none_or(|extension| extension != "proto")
+        {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -180,7 +185,11 @@ fn cookbook_calls_every_rpc() {
 
     let missing: Vec<String> = declared_rpcs()
         .into_iter()
-        .filter(|rpc| !blocks.iter().any(|block| block.contains(&format!(" {rpc}"))))
+        .filter(|rpc| {
+            !blocks
+                .iter()
+                .any(|block| block.contains(&format!(" {rpc}")))
+        })
         .collect();
 
     assert!(
@@ -258,14 +267,25 @@ fn python_client_tests_pass() {
 
     let mut command = Command::new("python3");
     command
-        .args(["-m", "pytest", "clients/python/tests", "-q", "-p", "no:cacheprovider"])
+        .args([
+            "-m",
+            "pytest",
+            "clients/python/tests",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ])
         .current_dir(&root)
         .env("CODE_ANALYZER_BIN", BINARY);
     let output = run_with_timeout(command, PYTEST_TIMEOUT).expect("cannot run python3");
 
     let text = output_text(&output);
     eprintln!("{text}");
-    assert!(output.status.success(), "pytest failed with {}", output.status);
+    assert!(
+        output.status.success(),
+        "pytest failed with {}",
+        output.status
+    );
 }
 
 #[test]
@@ -277,7 +297,9 @@ fn typescript_example_reads_back_its_run() {
         return;
     }
     if !example.join("node_modules/@grpc/grpc-js").is_dir() {
-        skip("clients/typescript/node_modules is missing; run `npm ci --prefix clients/typescript`");
+        skip(
+            "clients/typescript/node_modules is missing; run `npm ci --prefix clients/typescript`",
+        );
         return;
     }
     let server = FreshServer::start();
@@ -302,7 +324,8 @@ fn typescript_example_reads_back_its_run() {
 
 #[test]
 fn sh_blocks_keep_order_and_skip_other_languages() {
-    let markdown = "text\n```sh\necho one\n```\n```json\n{}\n```\n```sh\necho two\necho three\n```\n";
+    let markdown =
+        "text\n```sh\necho one\n```\n```json\n{}\n```\n```sh\necho two\necho three\n```\n";
 
     let blocks = sh_blocks(markdown);
 

@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use code_analyzer::pb;
 use code_analyzer::pb::analysis_service_client::AnalysisServiceClient;
 use code_analyzer::pb::crew_service_client::CrewServiceClient;
@@ -16,7 +15,6 @@ use tonic::transport::Channel;
 
 const ENTRIES_PER_CLIENT: usize = 50_000;
 const ENTRIES_PER_MESSAGE: usize = 1_000;
-
 
 fn stream_entries(client: usize) -> Vec<pb::IngestLogsRequest> {
     (0..ENTRIES_PER_CLIENT)

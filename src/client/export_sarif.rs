@@ -25,10 +25,7 @@ pub struct ExportSarifArgs {
 }
 
 /// Streams the log into `writer` and returns the number of bytes written.
-async fn copy_log(
-    args: &ExportSarifArgs,
-    writer: &mut impl Write,
-) -> Result<usize, ClientError> {
+async fn copy_log(args: &ExportSarifArgs, writer: &mut impl Write) -> Result<usize, ClientError> {
     let mut client = ReportServiceClient::new(connect(&args.client).await?);
     let failed = |status: tonic::Status| {
         format!(

@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, timestamp_to_micros};
@@ -25,6 +26,11 @@ use crate::storage::{Storage, StorageError, now_micros};
 
 /// Entries per write transaction.
 const BATCH_ROWS: usize = 1_000;
+/// Batches of one stream written at once. On PostgreSQL they run on
+/// separate connections, so the database inserts on several cores; on
+/// SQLite the writer thread commits them together. Entry ids stay
+/// exactly-once whatever the order, because the unique index decides.
+const BATCHES_IN_FLIGHT: usize = 2;
 /// Longest time a partial batch waits for more entries before it is written.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Rejections listed in the response; `rejected_count` counts them all.
@@ -153,14 +159,25 @@ fn entry_row(entry: pb::NewLogEntry, received_at: i64) -> Result<NewLogEntryRow,
 /// Writes batches in order until the channel closes or a write fails.
 async fn write_batches(
     storage: Storage,
-    mut batches: mpsc::Receiver<Batch>,
+    batches: mpsc::Receiver<Batch>,
 ) -> Result<Tally, StorageError> {
+    let mut writes = ReceiverStream::new(batches)
+        .map(|Batch { rows, positions }| {
+            let storage = storage.clone();
+            async move {
+                let (rows, outcome) = storage
+                    .run_write(move |conn| {
+                        logs::insert_batch(conn, &rows).map(|outcome| (rows, outcome))
+                    })
+                    .await?;
+                Ok::<_, StorageError>((rows, positions, outcome))
+            }
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT);
+
     let mut tally = Tally::default();
-    while let Some(batch) = batches.recv().await {
-        let Batch { rows, positions } = batch;
-        let (rows, outcome) = storage
-            .run_write(move |conn| logs::insert_batch(conn, &rows).map(|outcome| (rows, outcome)))
-            .await?;
+    while let Some(written) = writes.next().await {
+        let (rows, positions, outcome) = written?;
         tally.accepted += outcome.inserted as i64;
         tally.duplicates += outcome.duplicates as i64;
         for index in outcome.missing_crew_output {

@@ -733,6 +733,9 @@ async fn update_same_status_is_allowed(mut server: TestServer) {
 
     assert_eq!(again.status, CrewOutputStatus::Running as i32);
     assert_eq!(again.started_at, running.started_at);
+    // Nothing changed, so neither the revision nor updated_at moves.
+    assert_eq!(again.revision, running.revision);
+    assert_eq!(again.updated_at, running.updated_at);
 }
 
 async fn update_illegal_transition_fails_precondition(mut server: TestServer) {

@@ -229,6 +229,14 @@ pub fn update(
         if let Some(error_message) = changes.error_message {
             next.error_message = error_message;
         }
+        let unchanged = next.status == current.status
+            && next.results == current.results
+            && next.output_type == current.output_type
+            && next.error_message == current.error_message;
+        if unchanged {
+            // Nothing to write: the revision counts changes, not calls.
+            return Ok(current);
+        }
 
         let updated: Result<CrewOutputRow, StorageError> = with_conn!(conn, c => Ok(diesel::update(crew_outputs::table.find(id))
             .set((

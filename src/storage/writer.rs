@@ -5,8 +5,8 @@
 //! `synchronous=FULL` each commit waits for the disk. The writer takes every
 //! write queued when it becomes free, runs each in a savepoint of one
 //! transaction, and commits once: a write that fails rolls back its own
-//! savepoint only, and every write's caller hears back after the commit, so
-//! what a caller is told is stored is on disk. Under load many writes share
+//! savepoint only, and every caller receives its result after the commit,
+//! so a write reported as stored is on disk. Under load many writes share
 //! one disk flush (group commit).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -28,7 +28,7 @@ const QUEUE_CAPACITY: usize = 1_024;
 /// or failed to commit (`Some` with the reason).
 type Finish = Box<dyn FnOnce(Option<String>) + Send>;
 
-/// What the writer does with a write: run it, or answer it with an error
+/// What the writer does with a write: run it, or reject it with an error
 /// without running it.
 enum Run<'a> {
     Execute(&'a mut Conn),
@@ -98,8 +98,8 @@ impl Writer {
     }
 }
 
-/// The writer thread: waits for a write, takes the others already queued,
-/// and runs them in one transaction.
+/// Runs the writer thread: waits for a write, takes the others already
+/// queued, and runs them in one transaction.
 fn run(storage: Storage, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];

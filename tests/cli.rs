@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::process;
 use common::{FIXTURE_SOURCE_ROOT, SMALL_SARIF, SMALL_SARIF_AGENT_PATH, fixture, in_ci};
+use diesel::Connection;
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_code-analyzer");
@@ -219,6 +220,44 @@ fn serve_rejects_bad_database_scheme() {
         stderr.contains("use sqlite://PATH or postgres://HOST/DB"),
         "{stderr}"
     );
+}
+
+#[test]
+fn serve_stops_on_failed_migration() {
+    let folder = tempfile::TempDir::new().unwrap();
+    let path = folder.path().join("taken.db");
+    // A table that the first migration creates, made outside the migrations.
+    let mut conn = diesel::SqliteConnection::establish(path_text(&path)).unwrap();
+    diesel::connection::SimpleConnection::batch_execute(&mut conn, "CREATE TABLE crew_outputs (x)")
+        .unwrap();
+    drop(conn);
+
+    let url = format!("sqlite://{}", path.display());
+    let output = run(&["serve", "--listen", "127.0.0.1:0", "--database-url", &url]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!output.status.success());
+    assert!(stderr.contains("error: migration failed"), "{stderr}");
+    assert!(
+        stderr.contains("table crew_outputs already exists"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+#[test]
+fn serve_rejects_file_that_is_not_a_database() {
+    let folder = tempfile::TempDir::new().unwrap();
+    let path = folder.path().join("notes.db");
+    std::fs::write(&path, "plain text, not an SQLite database file ".repeat(10)).unwrap();
+
+    let url = format!("sqlite://{}", path.display());
+    let output = run(&["serve", "--listen", "127.0.0.1:0", "--database-url", &url]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!output.status.success());
+    assert!(stderr.contains("cannot open the database"), "{stderr}");
+    assert!(stderr.contains("file is not a database"), "{stderr}");
 }
 
 #[test]

@@ -685,7 +685,7 @@ async fn replicas_share_one_queue() {
     };
     let first = ServeProcess::start(database.url(), &[]);
     let second = ServeProcess::start(database.url(), &[]);
-    drive_queue(vec![first.channel().await, second.channel().await], 2_000).await;
+    drive_queue(vec![first.channel().await, second.channel().await], 5_000).await;
 }
 
 /// A result large enough that the server is often killed while storing it.

@@ -354,15 +354,19 @@ impl Storage {
     pub fn migrate(&self) -> Result<Vec<String>, String> {
         let applied = match self.backend() {
             Backend::Sqlite => {
-                let mut conn = self
-                    .get()
-                    .map_err(|error| format!("cannot open the database: {error}"))?;
-                match &mut conn {
-                    Conn::Sqlite(c) => version_names(c.run_pending_migrations(SQLITE_MIGRATIONS))?,
-                    Conn::Postgres(_) => {
-                        unreachable!("a SQLite storage hands out SQLite connections")
-                    }
-                }
+                // A connection of its own, so that a file that is not a
+                // database fails here with SQLite's reason rather than as a
+                // pool timeout.
+                let mut conn = SqliteConnection::establish(&self.target).map_err(|error| {
+                    format!("cannot open the database {}: {error}", self.target)
+                })?;
+                let pragmas = SqlitePragmas {
+                    busy_timeout: self.connection_timeout,
+                };
+                pragmas.on_acquire(&mut conn).map_err(|error| {
+                    format!("cannot open the database {}: {error}", self.target)
+                })?;
+                version_names(conn.run_pending_migrations(SQLITE_MIGRATIONS))?
             }
             Backend::Postgres => {
                 let mut conn = PgConnection::establish(&self.target)

@@ -31,7 +31,7 @@ const BATCH_ROWS: usize = 1_000;
 /// SQLite the writer thread commits them together. Entry ids stay
 /// exactly-once whatever the order, because the unique index decides.
 const BATCHES_IN_FLIGHT: usize = 2;
-/// Longest time a partial batch waits for more entries before it is written.
+/// Maximum time a partial batch waits for more entries before it is written.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Rejections listed in the response; `rejected_count` counts them all.
 const MAX_LISTED_REJECTIONS: usize = 1_000;

@@ -8,17 +8,18 @@ use super::convert::{self, timestamp_to_micros};
 use super::invalid_argument;
 use crate::paths;
 
-/// Longest crew name, output type, rule id or entry id, in bytes.
+/// Maximum length of a crew name, output type, rule id or entry id, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
-/// Longest file path, in bytes.
+/// Maximum length of a file path, in bytes.
 pub const MAX_PATH_BYTES: usize = 4_096;
-/// Longest message, description or reason, in bytes.
+/// Maximum length of a message, description or reason, in bytes.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Largest JSON document (results, analysis, changes), serialized, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// Largest log entry metadata, serialized, in bytes.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
-/// Most findings in one RecordFindings call and entries in one IngestLogs message.
+/// Maximum number of findings in one RecordFindings call and of entries in
+/// one IngestLogs message.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
 
 /// Checks a required text field.
@@ -122,7 +123,7 @@ pub fn timestamp(field: &str, value: Option<&Timestamp>) -> Result<Option<i64>, 
         .transpose()
 }
 
-/// Checks that an enum field holds a value the proto defines; `None` for
+/// Checks that an enum field contains a value the proto defines; `None` for
 /// UNSPECIFIED (0).
 pub fn enum_value<E: TryFrom<i32>>(field: &str, value: i32) -> Result<Option<E>, Status> {
     if value == 0 {

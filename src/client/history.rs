@@ -13,7 +13,7 @@ pub struct HistoryArgs {
     /// File path relative to the source root, as stored on findings.
     pub path: String,
 
-    /// Most events to print; 0 prints them all.
+    /// Maximum number of events to print; 0 prints them all.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
 

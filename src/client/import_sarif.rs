@@ -64,7 +64,7 @@ pub async fn run(args: ImportSarifArgs) -> Result<(), ClientError> {
                 payload: Some(Payload::Chunk(chunk)),
             };
             if sender.send(message).await.is_err() {
-                // The call ended early; its status says why.
+                // The call ended early, and its status gives the reason.
                 return Ok(());
             }
         }

@@ -36,7 +36,7 @@ pub struct PushLogsArgs {
     pub client: ClientArgs,
 }
 
-/// Builds an entry from one line, or says why the line is unusable.
+/// Builds an entry from one line, or returns why the line is unusable.
 fn parse_line(line: &str, source: &str, line_number: u64) -> Result<NewLogEntry, String> {
     let Value::Object(mut object) =
         serde_json::from_str::<Value>(line).map_err(|error| error.to_string())?

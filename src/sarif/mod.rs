@@ -372,7 +372,7 @@ fn parse_run(
     })
 }
 
-/// Maps one result; the error says which part of it is invalid.
+/// Maps one result. The error names the part of it that is invalid.
 fn parse_result(
     raw: &RawValue,
     driver: &Driver<'_>,

@@ -82,8 +82,8 @@ pub fn insert_batch(
         }
 
         let inserted = match conn {
-            // SQLite: one cached prepared statement per row; the affected
-            // row count tells an insert from a duplicate.
+            // SQLite: one cached prepared statement per row. The affected
+            // row count distinguishes an insert from a duplicate.
             Conn::Sqlite(c) => {
                 let mut inserted = 0;
                 for row in &kept {

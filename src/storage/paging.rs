@@ -28,7 +28,7 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     /// Builds a page from up to `size + 1` rows read in page order: the
-    /// extra row only tells that another page exists.
+    /// extra row only shows that another page exists.
     pub fn from_rows(
         mut rows: Vec<T>,
         request: PageRequest,

@@ -216,7 +216,7 @@ fn previous_run(conn: &mut Conn, run: &CrewOutputRow) -> Result<Option<i64>, Sto
     })
 }
 
-/// Updates what a finished run tells about earlier runs of its crew:
+/// Applies what a finished run shows about earlier runs of its crew:
 /// findings of the previous SUCCEEDED run that this run no longer reports
 /// become FIXED (DISMISSED ones keep their decision), and fixes of earlier
 /// runs become VERIFIED when none of their findings is reported any more,

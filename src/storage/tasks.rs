@@ -18,7 +18,7 @@ use super::schema::tasks;
 use super::{Conn, StorageError, transaction, with_conn};
 use crate::pb::TaskState;
 
-/// Longest wait between two attempts, in milliseconds.
+/// Maximum wait between two attempts, in milliseconds.
 pub const MAX_BACKOFF_MS: i64 = 3_600_000;
 
 /// Filters of `list`; `None` matches everything.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
+use super::paging::{DEFAULT_PAGE_SIZE, encode_token, list_page, page_request};
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
 use crate::fingerprint;
@@ -342,24 +342,20 @@ impl AnalysisService for AnalysisApi {
                 .map(|status| status as i32),
             rule_id: validate::filter_text("rule_id", &request.rule_id, MAX_NAME_BYTES)?,
         };
-        let page = page_request(
-            &filter,
+        let listed = list_page(
+            &self.storage,
+            filter,
             request.page_size,
             &request.page_token,
             DEFAULT_PAGE_SIZE,
-        )?;
-
-        let query_filter = filter.clone();
-        let found = self
-            .storage
-            .run(move |conn| findings::list(conn, &query_filter, page))
-            .await
-            .map_err(to_status)?;
+            findings::list,
+        )
+        .await?;
 
         Ok(Response::new(pb::ListFindingsResponse {
-            next_page_token: encode_token(&filter, found.next),
-            total_size: found.total,
-            findings: found.items.into_iter().map(convert::finding).collect(),
+            next_page_token: listed.next_page_token,
+            total_size: listed.total_size,
+            findings: listed.items.into_iter().map(convert::finding).collect(),
         }))
     }
 

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
+use super::paging::{DEFAULT_PAGE_SIZE, list_page};
 use super::validate::{self, MAX_NAME_BYTES};
 use super::{convert, invalid_argument, to_status};
 use crate::pb;
@@ -65,24 +65,20 @@ impl AuditService for AuditApi {
                 request.occurred_before.as_ref(),
             )?,
         };
-        let page = page_request(
-            &filter,
+        let listed = list_page(
+            &self.storage,
+            filter,
             request.page_size,
             &request.page_token,
             DEFAULT_PAGE_SIZE,
-        )?;
-
-        let query_filter = filter.clone();
-        let found = self
-            .storage
-            .run(move |conn| audit::list(conn, &query_filter, page))
-            .await
-            .map_err(to_status)?;
+            audit::list,
+        )
+        .await?;
 
         Ok(Response::new(pb::ListAuditEventsResponse {
-            next_page_token: encode_token(&filter, found.next),
-            total_size: found.total,
-            events: found.items.into_iter().map(event).collect(),
+            next_page_token: listed.next_page_token,
+            total_size: listed.total_size,
+            events: listed.items.into_iter().map(event).collect(),
         }))
     }
 

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::paging::{
-    DEFAULT_PAGE_SIZE, decode_name_token, encode_name_token, encode_token, page_request, page_size,
+    DEFAULT_PAGE_SIZE, decode_name_token, encode_name_token, list_page, page_size,
 };
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
@@ -243,24 +243,20 @@ impl CrewService for CrewApi {
             created_after: validate::timestamp("created_after", request.created_after.as_ref())?,
             created_before: validate::timestamp("created_before", request.created_before.as_ref())?,
         };
-        let page = page_request(
-            &filter,
+        let listed = list_page(
+            &self.storage,
+            filter,
             request.page_size,
             &request.page_token,
             DEFAULT_PAGE_SIZE,
-        )?;
-
-        let query_filter = filter.clone();
-        let found = self
-            .storage
-            .run(move |conn| crew_outputs::list(conn, &query_filter, page))
-            .await
-            .map_err(to_status)?;
+            crew_outputs::list,
+        )
+        .await?;
 
         Ok(Response::new(pb::ListCrewOutputsResponse {
-            next_page_token: encode_token(&filter, found.next),
-            total_size: found.total,
-            crew_outputs: found.items.into_iter().map(convert::crew_output).collect(),
+            next_page_token: listed.next_page_token,
+            total_size: listed.total_size,
+            crew_outputs: listed.items.into_iter().map(convert::crew_output).collect(),
         }))
     }
 

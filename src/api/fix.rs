@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
+use super::paging::{DEFAULT_PAGE_SIZE, list_page};
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_TEXT_BYTES};
 use super::{convert, to_status};
 use crate::pb::fix_service_server::FixService;
@@ -125,24 +125,20 @@ impl FixService for FixApi {
             status: validate::enum_value::<FixStatus>("status", request.status)?
                 .map(|status| status as i32),
         };
-        let page = page_request(
-            &filter,
+        let listed = list_page(
+            &self.storage,
+            filter,
             request.page_size,
             &request.page_token,
             DEFAULT_PAGE_SIZE,
-        )?;
-
-        let query_filter = filter.clone();
-        let found = self
-            .storage
-            .run(move |conn| fixes::list(conn, &query_filter, page))
-            .await
-            .map_err(to_status)?;
+            fixes::list,
+        )
+        .await?;
 
         Ok(Response::new(pb::ListFixesResponse {
-            next_page_token: encode_token(&filter, found.next),
-            total_size: found.total,
-            fixes: found.items.into_iter().map(convert::fix).collect(),
+            next_page_token: listed.next_page_token,
+            total_size: listed.total_size,
+            fixes: listed.items.into_iter().map(convert::fix).collect(),
         }))
     }
 

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, timestamp_to_micros};
-use super::paging::{encode_token, page_request};
+use super::paging::list_page;
 use super::validate::{self, MAX_METADATA_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{invalid_argument, to_status};
 use crate::levels;
@@ -333,24 +333,20 @@ impl LogService for LogApi {
                 MAX_NAME_BYTES,
             )?,
         };
-        let page = page_request(
-            &filter,
+        let listed = list_page(
+            &self.storage,
+            filter,
             request.page_size,
             &request.page_token,
             LOG_PAGE_SIZE,
-        )?;
-
-        let query_filter = filter.clone();
-        let found = self
-            .storage
-            .run(move |conn| logs::query(conn, &query_filter, page))
-            .await
-            .map_err(to_status)?;
+            logs::query,
+        )
+        .await?;
 
         Ok(Response::new(pb::QueryLogsResponse {
-            next_page_token: encode_token(&filter, found.next),
-            total_size: found.total,
-            entries: found.items.into_iter().map(convert::log_entry).collect(),
+            next_page_token: listed.next_page_token,
+            total_size: listed.total_size,
+            entries: listed.items.into_iter().map(convert::log_entry).collect(),
         }))
     }
 }

@@ -8,12 +8,50 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::Status;
 
-use super::invalid_argument;
+use super::{invalid_argument, to_status};
+use crate::storage::paging::Page;
 use crate::storage::paging::{Cursor, PageRequest};
+use crate::storage::{Conn, Storage, StorageError};
 
 /// Default and maximum page size of list RPCs.
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 1_000;
+
+/// One page of a list RPC, ready for its response.
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+    pub total_size: i64,
+}
+
+/// Reads one page of a list RPC: builds the page request from its
+/// `page_size` and `page_token` for `filter`, runs `query` on a read
+/// connection, and encodes the token of the next page.
+pub async fn list_page<F, T, Q>(
+    storage: &Storage,
+    filter: F,
+    page_size: i32,
+    page_token: &str,
+    default_size: i32,
+    query: Q,
+) -> Result<Listed<T>, Status>
+where
+    F: Debug + Clone + Send + 'static,
+    T: Send + 'static,
+    Q: FnOnce(&mut Conn, &F, PageRequest) -> Result<Page<T>, StorageError> + Send + 'static,
+{
+    let page = page_request(&filter, page_size, page_token, default_size)?;
+    let query_filter = filter.clone();
+    let found = storage
+        .run(move |conn| query(conn, &query_filter, page))
+        .await
+        .map_err(to_status)?;
+    Ok(Listed {
+        next_page_token: encode_token(&filter, found.next),
+        total_size: found.total,
+        items: found.items,
+    })
+}
 
 /// 64-bit FNV-1a: stable across processes and builds, unlike std's hasher.
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::analysis::new_finding_row;
 use super::fix::new_fix_row;
-use super::paging::{DEFAULT_PAGE_SIZE, encode_token, page_request};
+use super::paging::{DEFAULT_PAGE_SIZE, list_page};
 use super::validate::{self, MAX_BATCH_ITEMS, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
 use crate::pb::task_service_server::TaskService;
@@ -350,24 +350,20 @@ impl TaskService for TaskApi {
                 .map(|state| state as i32),
             worker: validate::filter_text("worker", &request.worker, MAX_NAME_BYTES)?,
         };
-        let page = page_request(
-            &filter,
+        let listed = list_page(
+            &self.storage,
+            filter,
             request.page_size,
             &request.page_token,
             DEFAULT_PAGE_SIZE,
-        )?;
-
-        let query_filter = filter.clone();
-        let found = self
-            .storage
-            .run(move |conn| tasks::list(conn, &query_filter, page))
-            .await
-            .map_err(to_status)?;
+            tasks::list,
+        )
+        .await?;
 
         Ok(Response::new(pb::ListTasksResponse {
-            next_page_token: encode_token(&filter, found.next),
-            total_size: found.total,
-            tasks: found
+            next_page_token: listed.next_page_token,
+            total_size: listed.total_size,
+            tasks: listed
                 .items
                 .into_iter()
                 .map(|task| convert::task(task, false))

@@ -63,6 +63,7 @@ async fn update_status(
             id,
             status,
             reason: reason.to_string(),
+            ..Default::default()
         })
         .await
 }

@@ -182,6 +182,7 @@ async fn replicas_count_every_update() {
                         id: finding_id,
                         status: pb::FindingStatus::Confirmed as i32,
                         reason: reason.clone(),
+                        ..Default::default()
                     })
                     .await
                     .expect("finding update failed")

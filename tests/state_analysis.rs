@@ -6,7 +6,9 @@ mod common;
 
 use std::collections::HashSet;
 
-use code_analyzer::pb::{self, CrewOutputStatus, FindingChange, FindingStatus, FixStatus};
+use code_analyzer::pb::{
+    self, CrewOutputStatus, DismissReason, FindingChange, FindingStatus, FixStatus,
+};
 use common::{TestServer, assert_status, expect_error, fixture};
 use tonic::Code;
 
@@ -296,6 +298,11 @@ async fn triage_carries_across_runs(mut server: TestServer) {
             id: finding.id,
             status: status as i32,
             reason: reason.to_string(),
+            dismiss_reason: if status == FindingStatus::Dismissed {
+                DismissReason::UsedInTests as i32
+            } else {
+                0
+            },
         };
     let dismiss = decide(
         by_rule(&first_findings, "S105"),
@@ -321,6 +328,10 @@ async fn triage_carries_across_runs(mut server: TestServer) {
     assert_eq!(
         by_rule(&second_findings, "S105").status_reason,
         "used in tests"
+    );
+    assert_eq!(
+        by_rule(&second_findings, "S105").dismiss_reason(),
+        DismissReason::UsedInTests
     );
     assert_eq!(
         by_rule(&second_findings, "S608").status(),
@@ -439,7 +450,48 @@ async fn fix_verified_then_regressed(mut server: TestServer) {
     assert_eq!(fix_status(&mut server, fix.id).await, FixStatus::Regressed);
 }
 
+async fn dismiss_reason_needs_dismissed(mut server: TestServer) {
+    let run = import(&mut server, &[("S105", "app.py", "hardcoded password", 10)]).await;
+    let finding = findings_of(&mut server, run).await.remove(0);
+    let request = |status: FindingStatus, dismiss_reason: i32| pb::UpdateFindingRequest {
+        id: finding.id,
+        status: status as i32,
+        reason: "checked".to_string(),
+        dismiss_reason,
+    };
+
+    let confirmed = request(
+        FindingStatus::Confirmed,
+        DismissReason::FalsePositive as i32,
+    );
+    let status = expect_error(server.analysis.update_finding(confirmed).await);
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "dismiss_reason: is only valid with status DISMISSED",
+    );
+    let unknown = request(FindingStatus::Dismissed, 7);
+    let status = expect_error(server.analysis.update_finding(unknown).await);
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "dismiss_reason: 7 is not a known value",
+    );
+
+    let dismissed = server
+        .analysis
+        .update_finding(request(
+            FindingStatus::Dismissed,
+            DismissReason::WontFix as i32,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dismissed.dismiss_reason(), DismissReason::WontFix);
+}
+
 backend_tests! {
+    dismiss_reason_needs_dismissed,
     compare_fixture_runs,
     compare_small_runs_pages_all_kinds,
     compare_rejects_bad_requests,

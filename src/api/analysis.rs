@@ -12,7 +12,9 @@ use super::{convert, invalid_argument, to_status};
 use crate::fingerprint;
 use crate::pb::analysis_service_server::AnalysisService;
 use crate::pb::import_sarif_request::Payload;
-use crate::pb::{self, CrewOutputStatus, FindingChange, FindingStatus, FixStatus, Priority};
+use crate::pb::{
+    self, CrewOutputStatus, DismissReason, FindingChange, FindingStatus, FixStatus, Priority,
+};
 use crate::sarif::{self, ImportOptions, ParsedRun};
 use crate::state::json_diff;
 use crate::state::matching::Matching;
@@ -101,6 +103,7 @@ pub(crate) fn new_finding_row(
         priority: priority as i32,
         status: FindingStatus::Open as i32,
         status_reason: String::new(),
+        dismiss_reason: 0,
         start_line: range.start_line,
         end_line: range.end_line.max(range.start_line),
         start_column: range.start_column,
@@ -160,6 +163,7 @@ fn run_imports(runs: Vec<ParsedRun>, options: &pb::ImportSarifOptions) -> Vec<Ru
                     priority: finding.priority as i32,
                     status: FindingStatus::Open as i32,
                     status_reason: String::new(),
+                    dismiss_reason: 0,
                     start_line: finding.start_line,
                     end_line: finding.end_line,
                     start_column: finding.start_column,
@@ -377,10 +381,22 @@ impl AnalysisService for AnalysisApi {
             ));
         }
 
+        let dismiss_reason =
+            validate::enum_value::<DismissReason>("dismiss_reason", request.dismiss_reason)?;
+        if dismiss_reason.is_some() && new_status != FindingStatus::Dismissed {
+            return Err(invalid_argument(
+                "dismiss_reason",
+                "is only valid with status DISMISSED",
+            ));
+        }
+
         let reason = request.reason;
+        let dismiss_reason = dismiss_reason.map_or(0, |category| category as i32);
         let stored = self
             .storage
-            .run_write(move |conn| findings::update_status(conn, id, new_status as i32, &reason))
+            .run_write(move |conn| {
+                findings::update_status(conn, id, new_status as i32, &reason, dismiss_reason)
+            })
             .await
             .map_err(to_status)?;
 

@@ -174,6 +174,7 @@ pub fn finding(row: FindingRow) -> pb::Finding {
         created_at: Some(micros_to_timestamp(row.created_at)),
         updated_at: Some(micros_to_timestamp(row.updated_at)),
         revision: row.revision,
+        dismiss_reason: row.dismiss_reason,
     }
 }
 

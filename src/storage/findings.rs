@@ -94,6 +94,7 @@ fn stored_row(id: i64, row: NewFindingRow) -> FindingRow {
         priority: row.priority,
         status: row.status,
         status_reason: row.status_reason,
+        dismiss_reason: row.dismiss_reason,
         start_line: row.start_line,
         end_line: row.end_line,
         start_column: row.start_column,
@@ -179,10 +180,11 @@ pub fn update_status(
     id: i64,
     status: i32,
     reason: &str,
+    dismiss_reason: i32,
 ) -> Result<FindingRow, StorageError> {
     transaction(conn, |conn| {
         let before = get(conn, id)?;
-        let updated = set_status(conn, id, status, reason)?;
+        let updated = set_status(conn, id, status, reason, dismiss_reason)?;
         audit::append(
             conn,
             Change::of(
@@ -200,6 +202,7 @@ pub fn update_status(
             &updated.fingerprint,
             status,
             reason,
+            dismiss_reason,
             id,
         )?;
         Ok(updated)
@@ -211,12 +214,14 @@ fn set_status(
     id: i64,
     status: i32,
     reason: &str,
+    dismiss_reason: i32,
 ) -> Result<FindingRow, StorageError> {
     with_conn!(conn, c => {
         diesel::update(findings::table.find(id))
             .set((
                 findings::status.eq(status),
                 findings::status_reason.eq(reason),
+                findings::dismiss_reason.eq(dismiss_reason),
                 findings::revision.eq(findings::revision + 1),
                 findings::updated_at.eq(now_micros()),
             ))

@@ -62,6 +62,7 @@ pub struct FindingRow {
     pub revision: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub dismiss_reason: i32,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -83,6 +84,7 @@ pub struct NewFindingRow {
     pub analysis: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub dismiss_reason: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]

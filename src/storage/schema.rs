@@ -50,6 +50,7 @@ diesel::table! {
         fingerprint_version -> Integer,
         analysis -> Text,
         revision -> BigInt,
+        dismiss_reason -> Integer,
         created_at -> BigInt,
         updated_at -> BigInt,
     }
@@ -100,6 +101,7 @@ diesel::table! {
         reason -> Text,
         finding_id -> BigInt,
         updated_at -> BigInt,
+        dismiss_reason -> Integer,
     }
 }
 

@@ -104,20 +104,24 @@ fn triage_of(
     conn: &mut Conn,
     crew_name: &str,
     fingerprints: &[&str],
-) -> Result<HashMap<String, (i32, String)>, StorageError> {
+) -> Result<HashMap<String, (i32, String, i32)>, StorageError> {
     let mut found = HashMap::new();
     for chunk in fingerprints.chunks(IDS_PER_QUERY) {
-        let rows: Vec<(String, i32, String)> = with_conn!(conn, c => {
+        let rows: Vec<(String, i32, String, i32)> = with_conn!(conn, c => {
             finding_triage::table
                 .filter(finding_triage::crew_name.eq(crew_name))
                 .filter(finding_triage::fingerprint.eq_any(chunk))
-                .select((finding_triage::fingerprint, finding_triage::status, finding_triage::reason))
+                .select((
+                    finding_triage::fingerprint,
+                    finding_triage::status,
+                    finding_triage::reason,
+                    finding_triage::dismiss_reason,
+                ))
                 .load(c)?
         });
-        found.extend(
-            rows.into_iter()
-                .map(|(fingerprint, status, reason)| (fingerprint, (status, reason))),
-        );
+        found.extend(rows.into_iter().map(|(fingerprint, status, reason, dismiss_reason)| {
+            (fingerprint, (status, reason, dismiss_reason))
+        }));
     }
     Ok(found)
 }
@@ -129,6 +133,7 @@ pub fn record_triage(
     fingerprint: &str,
     status: i32,
     reason: &str,
+    dismiss_reason: i32,
     finding_id: i64,
 ) -> Result<(), StorageError> {
     let now = now_micros();
@@ -139,6 +144,7 @@ pub fn record_triage(
                 finding_triage::fingerprint.eq(fingerprint),
                 finding_triage::status.eq(status),
                 finding_triage::reason.eq(reason),
+                finding_triage::dismiss_reason.eq(dismiss_reason),
                 finding_triage::finding_id.eq(finding_id),
                 finding_triage::updated_at.eq(now),
             ))
@@ -147,6 +153,7 @@ pub fn record_triage(
             .set((
                 finding_triage::status.eq(status),
                 finding_triage::reason.eq(reason),
+                finding_triage::dismiss_reason.eq(dismiss_reason),
                 finding_triage::finding_id.eq(finding_id),
                 finding_triage::updated_at.eq(now),
             ))
@@ -170,13 +177,14 @@ pub fn insert_findings(
 
     let mut reopened = Vec::new();
     for (index, row) in rows.iter_mut().enumerate() {
-        let Some((status, reason)) = triage.get(&row.fingerprint) else {
+        let Some((status, reason, dismiss_reason)) = triage.get(&row.fingerprint) else {
             continue;
         };
         match FindingStatus::try_from(*status) {
             Ok(FindingStatus::Confirmed | FindingStatus::Dismissed) => {
                 row.status = *status;
                 row.status_reason = reason.clone();
+                row.dismiss_reason = *dismiss_reason;
             }
             Ok(FindingStatus::Fixed) => {
                 row.status = FindingStatus::Reopened as i32;
@@ -196,6 +204,7 @@ pub fn insert_findings(
             &row.fingerprint,
             row.status,
             &row.status_reason,
+            0,
             ids[index],
         )?;
     }
@@ -272,6 +281,7 @@ fn mark_fixed(conn: &mut Conn, run: &CrewOutputRow, resolved: &[i64]) -> Result<
                 &fingerprint,
                 FindingStatus::Fixed as i32,
                 &reason,
+                0,
                 id,
             )?;
         }

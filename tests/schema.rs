@@ -318,3 +318,15 @@ fn postgres_down_migrations_revert_everything() {
     conn.run_pending_migrations(migrations).unwrap();
     assert!(postgres_facts(database.url()).contains("table log_entries"));
 }
+
+/// The pool opens its first connection in the background while migrations
+/// run on their own connection; both switch a new file to WAL at once.
+#[test]
+fn fresh_sqlite_migrates_while_pool_connects() {
+    for _ in 0..30 {
+        let database = TestDatabase::create(Backend::Sqlite).unwrap();
+        let storage = Storage::open(database.url(), &PoolOptions::default()).unwrap();
+        let applied = storage.migrate().expect("migrations failed on a fresh file");
+        assert!(!applied.is_empty());
+    }
+}

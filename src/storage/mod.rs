@@ -26,7 +26,7 @@ pub mod stats;
 pub mod tasks;
 mod writer;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::pg::PgConnection;
@@ -207,15 +207,39 @@ struct SqlitePragmas {
     busy_timeout: Duration,
 }
 
+impl SqlitePragmas {
+    fn apply(&self, conn: &mut SqliteConnection) -> Result<(), diesel::result::Error> {
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {};",
+            self.busy_timeout.as_millis()
+        ))?;
+        // Switching to WAL needs a moment of exclusive access, and SQLite
+        // reports a concurrent switch as busy without calling the busy
+        // handler, so connections opened together retry here.
+        let started = Instant::now();
+        loop {
+            match conn.batch_execute("PRAGMA journal_mode = WAL;") {
+                Ok(()) => break,
+                Err(error) if started.elapsed() < self.busy_timeout && is_locked(&error) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        conn.batch_execute(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON;",
+        )
+    }
+}
+
+fn is_locked(error: &diesel::result::Error) -> bool {
+    let message = error.to_string();
+    message.contains("database is locked") || message.contains("database table is locked")
+}
+
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        let pragmas = format!(
-            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-             PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON;",
-            self.busy_timeout.as_millis()
-        );
-        conn.batch_execute(&pragmas)
-            .map_err(diesel::r2d2::Error::QueryError)
+        self.apply(conn).map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -363,7 +387,7 @@ impl Storage {
                 let pragmas = SqlitePragmas {
                     busy_timeout: self.connection_timeout,
                 };
-                pragmas.on_acquire(&mut conn).map_err(|error| {
+                pragmas.apply(&mut conn).map_err(|error| {
                     format!("cannot open the database {}: {error}", self.target)
                 })?;
                 version_names(conn.run_pending_migrations(SQLITE_MIGRATIONS))?

@@ -29,7 +29,7 @@ pub fn micros_to_timestamp(micros: i64) -> Timestamp {
     }
 }
 
-/// Why a `Struct` cannot be stored as JSON.
+/// Reason a `Struct` cannot be stored as JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonError {
     TooDeep,

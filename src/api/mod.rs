@@ -33,7 +33,7 @@ fn unavailable(message: &str) -> Status {
     )
 }
 
-/// Maps a storage error to the status a client sees. Client errors carry
+/// Maps a storage error to the status the client receives. Client errors carry
 /// their own message; server faults are logged here, once, with the real
 /// error, and the client gets a generic message with no SQL in it.
 pub fn to_status(error: StorageError) -> Status {

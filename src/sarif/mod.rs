@@ -15,7 +15,7 @@ use crate::pb::Priority;
 pub mod export;
 pub mod pull_request;
 
-/// Why a SARIF log cannot be imported.
+/// Reason a SARIF log cannot be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum SarifError {
     #[error("the log is larger than the limit of {0} bytes once decompressed")]

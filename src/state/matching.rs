@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-/// What matching needs of a finding.
+/// Fields of a finding that matching uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub id: i64,

@@ -8,7 +8,7 @@ use super::schema::{code_analysis_results, crew_outputs};
 use super::{Conn, StorageError, with_conn};
 use crate::pb::CrewOutputStatus;
 
-/// What the metrics of one crew are computed from.
+/// Input of the metrics of one crew.
 #[derive(Debug, Clone)]
 pub struct CrewRuns {
     pub crew_name: String,

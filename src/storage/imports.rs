@@ -17,7 +17,7 @@ pub struct RunImport {
     pub fixes: Vec<(Vec<usize>, NewFixRow)>,
 }
 
-/// What one imported run stored.
+/// Records stored for one imported run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportedRun {
     pub crew_output_id: i64,

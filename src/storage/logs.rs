@@ -13,7 +13,7 @@ use super::{Conn, StorageError, findings::escape_like, transaction, with_conn};
 /// statement under the protocol's limit of 65,535 bind parameters.
 const POSTGRES_INSERT_CHUNK: usize = 5_000;
 
-/// What happened to one row of a batch.
+/// Outcome of one row of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowOutcome {
     Inserted,

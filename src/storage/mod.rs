@@ -120,7 +120,7 @@ impl StorageError {
     }
 }
 
-/// Which database a URL names.
+/// Database backend named by a URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -306,14 +306,15 @@ pub struct Storage {
     pool: Pool,
     /// On SQLite, the thread that runs writes with group commit.
     writer: Option<writer::Writer>,
-    /// What Diesel connects with: a file path or a PostgreSQL URL.
+    /// Connection target of Diesel: a file path or a PostgreSQL URL.
     target: String,
     connection_timeout: Duration,
 }
 
 impl Storage {
-    /// Opens a pool on `database_url`. Connections are made lazily, so this
-    /// fails only on a malformed URL; `migrate` is the first real connection.
+    /// Opens a pool on `database_url` and, on SQLite, starts the writer
+    /// thread. The pool connects in the background, so this fails only on a
+    /// malformed URL. `migrate` reports a database that cannot be reached.
     pub fn open(database_url: &str, options: &PoolOptions) -> Result<Storage, String> {
         let (backend, target) = parse_database_url(database_url)?;
         let pool = match backend {
@@ -497,7 +498,7 @@ pub fn transaction<T>(
     }
 }
 
-/// The current time in UTC microseconds since the Unix epoch.
+/// Returns the current time in UTC microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

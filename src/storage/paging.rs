@@ -1,5 +1,5 @@
-//! Keyset paging. A cursor holds the sort key and id of the last row of a
-//! page; the next page starts strictly after it, so rows inserted meanwhile
+//! Keyset paging. A cursor contains the sort key and id of the last row of
+//! a page. The next page starts strictly after it, so rows inserted meanwhile
 //! never shift a page and no query skips over earlier pages.
 
 /// Position after the last row of a page.
@@ -11,7 +11,7 @@ pub struct Cursor {
     pub id: i64,
 }
 
-/// Which page to read.
+/// Page to read: its size and the cursor it starts after.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest {
     pub size: i64,

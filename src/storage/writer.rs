@@ -28,8 +28,8 @@ const QUEUE_CAPACITY: usize = 1_024;
 /// or failed to commit (`Some` with the reason).
 type Finish = Box<dyn FnOnce(Option<String>) + Send>;
 
-/// What the writer does with a write: run it, or reject it with an error
-/// without running it.
+/// Instruction for one write: run it, or reject it with an error without
+/// running it.
 enum Run<'a> {
     Execute(&'a mut Conn),
     Reject(StorageError),

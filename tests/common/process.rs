@@ -49,7 +49,7 @@ impl ServeProcess {
         std::thread::spawn(move || {
             for line in reader.lines().map_while(Result::ok) {
                 // Store the line before announcing the start, so the test
-                // that waits for the start also sees the line.
+                // that waits for the start also finds the line.
                 let start = serde_json::from_str::<serde_json::Value>(&line)
                     .ok()
                     .and_then(|event| {

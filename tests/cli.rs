@@ -227,7 +227,7 @@ fn serve_stops_on_failed_migration() {
     let folder = tempfile::TempDir::new().unwrap();
     let path = folder.path().join("taken.db");
     // A table that the first migration creates, made outside the migrations.
-    let mut conn = diesel::SqliteConnection::establish(path_text(&path)).unwrap();
+    let mut conn = common::open_sqlite(path_text(&path));
     diesel::connection::SimpleConnection::batch_execute(&mut conn, "CREATE TABLE crew_outputs (x)")
         .unwrap();
     drop(conn);

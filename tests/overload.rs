@@ -13,7 +13,7 @@ use code_analyzer::pb::crew_service_client::CrewServiceClient;
 use common::process::ServeProcess;
 use common::{Backend, TestDatabase, assert_status};
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection, SqliteConnection};
+use diesel::{Connection, PgConnection};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -33,8 +33,7 @@ fn hold_write_lock(database: &TestDatabase, backend: Backend) -> mpsc::Sender<()
     let url = database.url().to_string();
     std::thread::spawn(move || match backend {
         Backend::Sqlite => {
-            let mut conn =
-                SqliteConnection::establish(url.trim_start_matches("sqlite://")).unwrap();
+            let mut conn = common::open_sqlite(url.trim_start_matches("sqlite://"));
             conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
             locked.send(()).unwrap();
             let _ = released.recv();

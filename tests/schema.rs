@@ -96,7 +96,7 @@ fn logical_default(default: Option<&str>) -> String {
 }
 
 fn sqlite_facts(path: &str) -> BTreeSet<Fact> {
-    let mut conn = SqliteConnection::establish(path).expect("cannot open the SQLite file");
+    let mut conn = common::open_sqlite(path);
     let tables: Vec<Name> = diesel::sql_query(
         "SELECT name FROM sqlite_master WHERE type = 'table' \
          AND name NOT LIKE 'sqlite_%' AND name <> '__diesel_schema_migrations' ORDER BY name",
@@ -275,7 +275,7 @@ fn migrations_match_across_backends() {
 fn sqlite_down_migrations_revert_everything() {
     let database = TestDatabase::create(Backend::Sqlite).unwrap();
     migrate(&database);
-    let mut conn = SqliteConnection::establish(&sqlite_path(&database)).unwrap();
+    let mut conn = common::open_sqlite(&sqlite_path(&database));
     let migrations =
         FileBasedMigrations::from_path(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
             .unwrap();

@@ -50,6 +50,19 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// `file:///home/dev/crewAI/lib/...`.
 pub const FIXTURE_SOURCE_ROOT: &str = "/home/dev/crewAI";
 
+/// Opens a plain SQLite connection that waits up to ten seconds for a
+/// lock, as the server's own connections do: a pool that was just dropped
+/// may still be finishing a connection in the background.
+pub fn open_sqlite(path: &str) -> SqliteConnection {
+    let mut connection = SqliteConnection::establish(path).expect("cannot open the SQLite file");
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut connection,
+        "PRAGMA busy_timeout = 10000;",
+    )
+    .expect("cannot set the busy timeout");
+    connection
+}
+
 /// Whether the suite runs under CI, where a missing PostgreSQL server or
 /// fixture fails the test instead of skipping it.
 pub fn in_ci() -> bool {
@@ -197,9 +210,7 @@ impl TestDatabase {
         let row: TextRow = match self {
             TestDatabase::Sqlite { path, .. } => {
                 let path = path.to_str().expect("temporary path is not UTF-8");
-                let mut connection =
-                    SqliteConnection::establish(path).expect("cannot open the SQLite file");
-                query.get_result(&mut connection)
+                query.get_result(&mut open_sqlite(path))
             }
             TestDatabase::Postgres { url, .. } => {
                 let mut connection =

@@ -2,9 +2,11 @@
 //! variable as fallback.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::storage::PoolOptions;
 
@@ -86,7 +88,131 @@ pub struct ServeArgs {
     )]
     pub shutdown_grace_secs: u64,
 
+    #[command(flatten)]
+    pub security: SecurityArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Address and port of the Prometheus metrics endpoint (GET /metrics);
+    /// off unless given.
+    #[arg(long, env = "CODE_ANALYZER_METRICS_LISTEN", value_name = "ADDRESS")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Format of the server's log lines; the level comes from RUST_LOG (default "info").
     #[arg(long, env = "CODE_ANALYZER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Authentication and TLS of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// File of accepted tokens (see `code-analyzer token create`). Without
+    /// it the server serves without authentication, and only on a loopback
+    /// address unless --insecure-no-auth is given.
+    #[arg(long, env = "CODE_ANALYZER_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Serve without authentication on a non-loopback address.
+    #[arg(long, env = "CODE_ANALYZER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// PEM certificate chain of the server; turns on TLS with --tls-key.
+    #[arg(
+        long,
+        env = "CODE_ANALYZER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the server certificate.
+    #[arg(
+        long,
+        env = "CODE_ANALYZER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificates of the authorities that sign client certificates;
+    /// when given, every client must present a certificate they signed.
+    #[arg(
+        long,
+        env = "CODE_ANALYZER_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    /// Refuses to serve without authentication on an address other
+    /// machines can reach, unless the operator said so.
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), String> {
+        if self.tokens_file.is_none() && !listen.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(format!(
+                "refusing to serve without authentication on {listen}, which is not a loopback \
+                 address: give --tokens-file, or --insecure-no-auth to serve anyway"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the certificate files into tonic's TLS settings.
+    pub fn tls_config(&self) -> Result<Option<ServerTlsConfig>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let identity = Identity::from_pem(read_pem(cert)?, read_pem(key)?);
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(client_ca) = &self.tls_client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read_pem(client_ca)?));
+        }
+        Ok(Some(config))
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+}
+
+/// Call limits and HTTP/2 keepalive of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Most calls in progress at once, streams included; further calls get
+    /// RESOURCE_EXHAUSTED with a retry delay.
+    #[arg(long, env = "CODE_ANALYZER_MAX_CONCURRENT_CALLS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_calls: u32,
+
+    /// Seconds a unary call may run when its client sets no deadline;
+    /// 0 means no limit. Client deadlines always apply.
+    #[arg(
+        long = "unary-timeout",
+        env = "CODE_ANALYZER_UNARY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60
+    )]
+    pub unary_timeout_secs: u64,
+
+    /// Seconds between HTTP/2 pings on an idle connection, which keep NAT
+    /// entries alive and find dead peers.
+    #[arg(
+        long = "keepalive-interval",
+        env = "CODE_ANALYZER_KEEPALIVE_INTERVAL",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub keepalive_interval_secs: u64,
+
+    /// Seconds to wait for a ping's answer before closing the connection.
+    #[arg(
+        long = "keepalive-timeout",
+        env = "CODE_ANALYZER_KEEPALIVE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub keepalive_timeout_secs: u64,
 }

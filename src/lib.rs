@@ -2,10 +2,13 @@
 //! It stores crew runs, findings, fixes and logs in SQLite or PostgreSQL.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod fingerprint;
 pub mod levels;
+pub mod metrics;
+pub mod middleware;
 pub mod paths;
 pub mod sarif;
 pub mod server;

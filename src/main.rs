@@ -1,12 +1,15 @@
 //! The `code-analyzer` command: `serve`, `migrate`, and the client
 //! subcommands `import-sarif`, `push-logs`, `history`, `compare`,
-//! `export-sarif` and `draft-pr`.
+//! `export-sarif` and `draft-pr`, and `token` to manage bearer tokens.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use code_analyzer::auth::{self, Role, Tokens};
 use code_analyzer::client::{
     self, history::HistoryArgs, import_sarif::ImportSarifArgs, push_logs::PushLogsArgs,
 };
@@ -14,6 +17,7 @@ use code_analyzer::client::{
     compare::CompareArgs, draft_pr::DraftPrArgs, export_sarif::ExportSarifArgs,
 };
 use code_analyzer::config::{DatabaseArgs, LogFormat, ServeArgs};
+use code_analyzer::metrics;
 use code_analyzer::server::{self, ServerOptions};
 use code_analyzer::storage::Storage;
 use tracing_subscriber::EnvFilter;
@@ -47,6 +51,29 @@ enum Command {
     ExportSarif(ExportSarifArgs),
     /// Build and store a pull-request draft from a run's open findings and fixes.
     DraftPr(DraftPrArgs),
+    /// Manage the bearer tokens the server accepts.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token, add its hash to the tokens file and print it once.
+    Create(CreateTokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateTokenArgs {
+    /// Name of the token's holder, the actor of its audit events.
+    name: String,
+
+    /// What the token may do: reader, writer or admin.
+    #[arg(long)]
+    role: Role,
+
+    /// The tokens file that `serve --tokens-file` reads; created if missing.
+    #[arg(long, env = "CODE_ANALYZER_TOKENS_FILE", value_name = "FILE")]
+    tokens_file: PathBuf,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -100,29 +127,95 @@ fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, String
 async fn serve(args: ServeArgs) -> Result<(), String> {
     init_tracing(args.log_format);
     let shutdown = shutdown_signal()?;
+    args.security.check_exposure(args.listen)?;
+    let tokens = match &args.security.tokens_file {
+        Some(path) => {
+            let tokens = Tokens::load(path)?;
+            if tokens.is_empty() {
+                return Err(format!(
+                    "tokens file {} lists no tokens; create one with `code-analyzer token create`",
+                    path.display()
+                ));
+            }
+            Some(Arc::new(tokens))
+        }
+        None => None,
+    };
+    let tls = args.security.tls_config()?;
     let (storage, applied) = open_and_migrate(&args.database).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let metrics_address = match args.metrics_listen {
+        Some(metrics_listen) => {
+            let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .map_err(|error| format!("cannot listen on {metrics_listen}: {error}"))?;
+            let bound = metrics_listener
+                .local_addr()
+                .map_err(|error| error.to_string())?;
+            tokio::spawn(metrics::serve(metrics_listener, storage.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let tls_mode = match (&tls, &args.security.tls_client_ca) {
+        (None, _) => "off",
+        (Some(_), None) => "tls",
+        (Some(_), Some(_)) => "mutual tls",
+    };
+    let auth_mode = match &tokens {
+        Some(tokens) => format!("bearer tokens ({})", tokens.len()),
+        None => "none".to_string(),
+    };
+    if tokens.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(%address, "serving without authentication on a non-loopback address");
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         %address,
+        metrics_address = metrics_address.map(|bound| bound.to_string()).unwrap_or_default(),
         backend = storage.backend().name(),
         migrations_applied = ?applied,
-        tls = false,
-        auth = "none",
+        tls = tls_mode,
+        auth = auth_mode,
         "code-analyzer listening on {address}"
     );
 
+    let limits = &args.limits;
     let options = ServerOptions {
         max_message_bytes: args.max_message_bytes,
         max_sarif_bytes: args.max_sarif_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        tokens,
+        tls,
+        max_concurrent_calls: limits.max_concurrent_calls as usize,
+        unary_timeout: (limits.unary_timeout_secs > 0)
+            .then(|| Duration::from_secs(limits.unary_timeout_secs)),
+        keepalive_interval: Duration::from_secs(limits.keepalive_interval_secs),
+        keepalive_timeout: Duration::from_secs(limits.keepalive_timeout_secs),
     };
     server::serve(storage, options, listener, shutdown)
         .await
         .map_err(|error| format!("server failed: {error}"))
+}
+
+fn token(command: TokenCommand) -> Result<(), String> {
+    match command {
+        TokenCommand::Create(args) => {
+            let token = auth::create_token(&args.tokens_file, &args.name, args.role)?;
+            eprintln!(
+                "Added {} ({}) to {}. The token is shown once; store it now:",
+                args.name,
+                args.role,
+                args.tokens_file.display()
+            );
+            println!("{token}");
+            Ok(())
+        }
+    }
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), String> {
@@ -164,6 +257,7 @@ async fn main() -> ExitCode {
         Command::DraftPr(args) => client::draft_pr::run(args)
             .await
             .map_err(|error| error.to_string()),
+        Command::Token(command) => token(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,11 +2,12 @@
 //! message limits and graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::api::analysis::AnalysisApi;
 use crate::api::audit::AuditApi;
@@ -16,6 +17,8 @@ use crate::api::log::LogApi;
 use crate::api::report::ReportApi;
 use crate::api::stats::StatsApi;
 use crate::api::task::TaskApi;
+use crate::auth::Tokens;
+use crate::middleware::{CallLayer, CallPolicy};
 use crate::pb;
 use crate::pb::analysis_service_server::AnalysisServiceServer;
 use crate::pb::audit_service_server::AuditServiceServer;
@@ -34,6 +37,17 @@ pub struct ServerOptions {
     pub max_sarif_bytes: usize,
     /// How long calls in flight may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// Accepted bearer tokens; `None` serves without authentication.
+    pub tokens: Option<Arc<Tokens>>,
+    /// TLS, and client certificate checks when it names client authorities.
+    pub tls: Option<ServerTlsConfig>,
+    /// Most calls in progress at once; further calls are refused.
+    pub max_concurrent_calls: usize,
+    /// Deadline of unary calls whose client sets none.
+    pub unary_timeout: Option<Duration>,
+    /// Time between HTTP/2 pings, and how long an answer may take.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -42,6 +56,12 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
             max_sarif_bytes: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            tokens: None,
+            tls: None,
+            max_concurrent_calls: 512,
+            unary_timeout: Some(Duration::from_secs(60)),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -160,9 +180,19 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let policy = CallPolicy {
+        tokens: options.tokens.clone(),
+        max_concurrent_calls: options.max_concurrent_calls,
+        unary_timeout: options.unary_timeout,
+    };
+    let server = builder
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
+        .layer(CallLayer::new(policy))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -6,11 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process;
 use common::{FIXTURE_SOURCE_ROOT, SMALL_SARIF, SMALL_SARIF_AGENT_PATH, fixture, in_ci};
-use diesel::Connection;
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_code-analyzer");
@@ -142,27 +141,7 @@ fn serve_logs_listening_address() {
 
 /// Sends SIGTERM to the serve process and waits for it to exit.
 fn terminate(server: &mut ServeProcess) -> std::process::ExitStatus {
-    let pid = server.process.pid().to_string();
-    let signal = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("cannot run kill");
-    assert!(signal.success(), "kill -TERM {pid} failed");
-
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = server.process.try_wait() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not stop within 15 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // The reader thread may still be taking the last lines.
-    std::thread::sleep(Duration::from_millis(100));
-    status
+    server.process.terminate(Duration::from_secs(15))
 }
 
 #[test]

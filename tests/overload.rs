@@ -5,15 +5,12 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use code_analyzer::pb;
 use code_analyzer::pb::crew_service_client::CrewServiceClient;
 use common::process::ServeProcess;
-use common::{Backend, TestDatabase, assert_status};
-use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection};
+use common::{Backend, TestDatabase, assert_status, hold_write_lock};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -23,35 +20,6 @@ fn create_request() -> pb::CreateCrewOutputRequest {
         output_type: "review".to_string(),
         ..Default::default()
     }
-}
-
-/// Holds a lock that blocks every write to `crew_outputs` until the
-/// returned sender is dropped or sent to.
-fn hold_write_lock(database: &TestDatabase, backend: Backend) -> mpsc::Sender<()> {
-    let (release, released) = mpsc::channel::<()>();
-    let (locked, is_locked) = mpsc::channel::<()>();
-    let url = database.url().to_string();
-    std::thread::spawn(move || match backend {
-        Backend::Sqlite => {
-            let mut conn = common::open_sqlite(url.trim_start_matches("sqlite://"));
-            conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
-            locked.send(()).unwrap();
-            let _ = released.recv();
-            conn.batch_execute("ROLLBACK").unwrap();
-        }
-        Backend::Postgres => {
-            let mut conn = PgConnection::establish(&url).unwrap();
-            conn.batch_execute("BEGIN; LOCK TABLE crew_outputs IN ACCESS EXCLUSIVE MODE")
-                .unwrap();
-            locked.send(()).unwrap();
-            let _ = released.recv();
-            conn.batch_execute("ROLLBACK").unwrap();
-        }
-    });
-    is_locked
-        .recv_timeout(Duration::from_secs(10))
-        .expect("lock not taken");
-    release
 }
 
 async fn busy_database_is_unavailable(backend: Backend) {
@@ -70,7 +38,7 @@ async fn busy_database_is_unavailable(backend: Backend) {
         ],
     );
     let channel = server.channel().await;
-    let release = hold_write_lock(&database, backend);
+    let release = hold_write_lock(&database, "crew_outputs");
 
     // The first call waits on the database lock while it holds the only
     // connection (and, on SQLite, the server's write lock); the second

@@ -10,7 +10,6 @@ use code_analyzer::storage::{PoolOptions, Storage};
 use common::{Backend, TestDatabase};
 use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
-use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 
@@ -326,7 +325,9 @@ fn fresh_sqlite_migrates_while_pool_connects() {
     for _ in 0..30 {
         let database = TestDatabase::create(Backend::Sqlite).unwrap();
         let storage = Storage::open(database.url(), &PoolOptions::default()).unwrap();
-        let applied = storage.migrate().expect("migrations failed on a fresh file");
+        let applied = storage
+            .migrate()
+            .expect("migrations failed on a fresh file");
         assert!(!applied.is_empty());
     }
 }

@@ -8,18 +8,6 @@ use super::paging::{
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
 
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentile_uses_nearest_rank() {
-        let values = [10.0, 20.0, 30.0, 40.0];
-        assert_eq!(percentile(&values, 50.0), 20.0);
-        assert_eq!(percentile(&values, 95.0), 40.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
-    }
-}
 use crate::pb::crew_service_server::CrewService;
 use crate::pb::{self, CrewOutputStatus};
 use crate::storage::crew_outputs::{self, CrewOutputChanges, CrewOutputFilter};
@@ -342,5 +330,18 @@ impl CrewService for CrewApi {
             "updated crew output"
         );
         Ok(Response::new(convert::crew_output(stored)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentile_uses_nearest_rank() {
+        let values = [10.0, 20.0, 30.0, 40.0];
+        assert_eq!(percentile(&values, 50.0), 20.0);
+        assert_eq!(percentile(&values, 95.0), 40.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
     }
 }

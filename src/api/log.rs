@@ -6,6 +6,7 @@
 //! HTTP/2 flow control slows the client, so memory stays bounded however
 //! long the stream is.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,6 +19,7 @@ use super::paging::list_page;
 use super::validate::{self, MAX_METADATA_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
 use super::{invalid_argument, to_status};
 use crate::levels;
+use crate::metrics::METRICS;
 use crate::pb;
 use crate::pb::log_service_server::LogService;
 use crate::storage::logs::{self, LogFilter};
@@ -67,6 +69,7 @@ struct Tally {
 impl Tally {
     fn reject(&mut self, position: i64, entry_id: &str, field: &str, reason: String) {
         self.rejected += 1;
+        METRICS.log_entries_rejected.fetch_add(1, Ordering::Relaxed);
         if self.rejections.len() < MAX_LISTED_REJECTIONS {
             self.rejections.push(pb::RejectedEntry {
                 position,
@@ -180,6 +183,12 @@ async fn write_batches(
         let (rows, positions, outcome) = written?;
         tally.accepted += outcome.inserted as i64;
         tally.duplicates += outcome.duplicates as i64;
+        METRICS
+            .log_entries_accepted
+            .fetch_add(outcome.inserted, Ordering::Relaxed);
+        METRICS
+            .log_entries_duplicate
+            .fetch_add(outcome.duplicates, Ordering::Relaxed);
         for index in outcome.missing_crew_output {
             let row = &rows[index];
             tally.reject(

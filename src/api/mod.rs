@@ -59,6 +59,9 @@ pub fn to_status(error: StorageError) -> Status {
 }
 
 fn database_status(error: DieselError) -> Status {
+    if let Some(kind) = error_kind(&error) {
+        crate::metrics::METRICS.database_error(kind);
+    }
     match &error {
         DieselError::NotFound => Status::not_found("record not found"),
         DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
@@ -89,6 +92,27 @@ fn database_status(error: DieselError) -> Status {
             Status::internal("internal database error")
         }
     }
+}
+
+/// The `kind` label of `code_analyzer_db_errors_total`; `None` for a
+/// missing row, which is an answer rather than an error.
+fn error_kind(error: &DieselError) -> Option<&'static str> {
+    Some(match error {
+        DieselError::NotFound => return None,
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+            "foreign_key_violation"
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => "unique_violation",
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+            "serialization_failure"
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => "closed_connection",
+        DieselError::DatabaseError(_, info) if is_statement_timeout(info.message()) => {
+            "statement_timeout"
+        }
+        DieselError::DatabaseError(_, info) if is_sqlite_busy(info.message()) => "busy",
+        _ => "other",
+    })
 }
 
 /// PostgreSQL cancels a statement past `statement_timeout` with SQLSTATE

@@ -8,6 +8,9 @@
 //! writer, on PostgreSQL by a transaction-scoped advisory lock, so two
 //! replicas never chain onto the same event.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use diesel::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -17,8 +20,43 @@ use super::paging::{Cursor, Page, PageRequest};
 use super::schema::audit_events;
 use super::{Conn, StorageError, now_micros, with_conn};
 
-/// The actor of every event until the server authenticates callers.
+/// The actor of events written without an authenticated caller: when the
+/// server runs without a tokens file, and for its own background work.
 pub const ANONYMOUS: &str = "anonymous";
+
+tokio::task_local! {
+    /// Name of the authenticated caller of the RPC this task serves.
+    static CALLER: Arc<str>;
+}
+
+thread_local! {
+    /// The caller whose database work this thread is running.
+    static ACTING_FOR: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+}
+
+/// Runs `future` on behalf of `caller`: the audit events of the database
+/// work it starts name `caller` as actor.
+pub async fn acting_as<F: Future>(caller: Arc<str>, future: F) -> F::Output {
+    CALLER.scope(caller, future).await
+}
+
+/// The caller of the current task, if it runs on behalf of one; read it
+/// before handing work to another thread.
+pub fn current_caller() -> Option<Arc<str>> {
+    CALLER.try_with(Arc::clone).ok()
+}
+
+/// Runs `work` on this thread with `caller` as the actor of its events.
+pub fn with_caller<T>(caller: Option<Arc<str>>, work: impl FnOnce() -> T) -> T {
+    let previous = ACTING_FOR.with(|acting| acting.replace(caller));
+    let result = work();
+    ACTING_FOR.with(|acting| *acting.borrow_mut() = previous);
+    result
+}
+
+fn actor() -> String {
+    ACTING_FOR.with(|acting| acting.borrow().as_deref().unwrap_or(ANONYMOUS).to_string())
+}
 
 /// Key of the PostgreSQL advisory lock that serializes appends.
 const APPEND_LOCK_KEY: i64 = 0x636f_6465_6175_6474;
@@ -137,10 +175,11 @@ pub fn append(conn: &mut Conn, change: Change<'_>) -> Result<(), StorageError> {
     });
     let previous_hash = previous_hash.unwrap_or_default();
     let occurred_at = now_micros();
+    let actor = actor();
     let hash = event_hash(
         &previous_hash,
         occurred_at,
-        ANONYMOUS,
+        &actor,
         change.action,
         change.record_type,
         change.record_id,
@@ -149,7 +188,7 @@ pub fn append(conn: &mut Conn, change: Change<'_>) -> Result<(), StorageError> {
     );
     let row = NewAuditEventRow {
         occurred_at,
-        actor: ANONYMOUS.to_string(),
+        actor,
         action: change.action.to_string(),
         record_type: change.record_type.to_string(),
         record_id: change.record_id,

@@ -300,6 +300,14 @@ enum Pool {
     Postgres(PgPool),
 }
 
+/// Connection counts of the pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// The database behind the server: a pool of one backend. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -364,9 +372,31 @@ impl Storage {
     /// Takes a connection from the pool, waiting at most the connection timeout.
     pub fn get(&self) -> Result<Conn, StorageError> {
         let timeout = StorageError::PoolTimeout(self.connection_timeout);
-        match &self.pool {
+        let started = std::time::Instant::now();
+        let conn = match &self.pool {
             Pool::Sqlite(pool) => pool.get().map(Conn::Sqlite).map_err(|_| timeout),
             Pool::Postgres(pool) => pool.get().map(Conn::Postgres).map_err(|_| timeout),
+        };
+        let metrics = &crate::metrics::METRICS;
+        metrics.pool_wait.observe(started.elapsed());
+        if conn.is_err() {
+            metrics
+                .pool_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        conn
+    }
+
+    /// Open, idle and most connections of the pool.
+    pub fn pool_state(&self) -> PoolState {
+        let (state, max) = match &self.pool {
+            Pool::Sqlite(pool) => (pool.state(), pool.max_size()),
+            Pool::Postgres(pool) => (pool.state(), pool.max_size()),
+        };
+        PoolState {
+            open: state.connections,
+            idle: state.idle_connections,
+            max,
         }
     }
 
@@ -432,7 +462,12 @@ impl Storage {
         T: Send + 'static,
     {
         match &self.writer {
-            Some(writer) => writer.write(work).await,
+            Some(writer) => {
+                let caller = audit::current_caller();
+                writer
+                    .write(move |conn| audit::with_caller(caller, || work(conn)))
+                    .await
+            }
             None => self.run_blocking(work).await,
         }
     }
@@ -444,10 +479,11 @@ impl Storage {
     {
         let storage = self.clone();
         let span = tracing::Span::current();
+        let caller = audit::current_caller();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let mut conn = storage.get()?;
-            work(&mut conn)
+            audit::with_caller(caller, || work(&mut conn))
         })
         .instrument(tracing::Span::current())
         .await

@@ -63,6 +63,36 @@ pub fn open_sqlite(path: &str) -> SqliteConnection {
     connection
 }
 
+/// Holds a lock that blocks every write to `table` (on SQLite, to the
+/// whole database) until the returned sender is dropped or sent to.
+pub fn hold_write_lock(database: &TestDatabase, table: &str) -> std::sync::mpsc::Sender<()> {
+    use diesel::connection::SimpleConnection;
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let url = database.url().to_string();
+    let lock = format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
+    let sqlite = matches!(database, TestDatabase::Sqlite { .. });
+    std::thread::spawn(move || {
+        if sqlite {
+            let mut conn = open_sqlite(url.trim_start_matches("sqlite://"));
+            conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+            conn.batch_execute("ROLLBACK").unwrap();
+        } else {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            conn.batch_execute(&lock).unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+            conn.batch_execute("ROLLBACK").unwrap();
+        }
+    });
+    is_locked
+        .recv_timeout(Duration::from_secs(10))
+        .expect("lock not taken");
+    release
+}
+
 /// Whether the suite runs under CI, where a missing PostgreSQL server or
 /// fixture fails the test instead of skipping it.
 pub fn in_ci() -> bool {

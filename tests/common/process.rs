@@ -22,6 +22,8 @@ pub struct ServeProcess {
     pub address: String,
     /// The `migrations_applied` field of the start-up line, such as `[]`.
     pub migrations_applied: String,
+    /// `host:port` of the metrics endpoint; empty when it is off.
+    pub metrics_address: String,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -29,11 +31,34 @@ impl ServeProcess {
     /// Starts `binary serve` on `database_url` with `extra_args` and waits
     /// for its start-up line; panics with its output if it exits first.
     pub fn start_binary(binary: &Path, database_url: &str, extra_args: &[&str]) -> ServeProcess {
+        Self::start_binary_with_log_level(binary, database_url, extra_args, "info")
+    }
+
+    /// Like `start`, with `RUST_LOG` set to `log_level`.
+    pub fn start_with_log_level(
+        database_url: &str,
+        extra_args: &[&str],
+        log_level: &str,
+    ) -> ServeProcess {
+        Self::start_binary_with_log_level(
+            Path::new(env!("CARGO_BIN_EXE_code-analyzer")),
+            database_url,
+            extra_args,
+            log_level,
+        )
+    }
+
+    fn start_binary_with_log_level(
+        binary: &Path,
+        database_url: &str,
+        extra_args: &[&str],
+        log_level: &str,
+    ) -> ServeProcess {
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--database-url", database_url])
             .args(extra_args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -56,7 +81,8 @@ impl ServeProcess {
                         let fields = &event["fields"];
                         let address = fields["address"].as_str()?.to_string();
                         let applied = fields["migrations_applied"].as_str().unwrap_or_default();
-                        Some((address, applied.to_string()))
+                        let metrics = fields["metrics_address"].as_str().unwrap_or_default();
+                        Some((address, applied.to_string(), metrics.to_string()))
                     });
                 lines.lock().unwrap().push(line);
                 if let Some(start) = start {
@@ -66,10 +92,11 @@ impl ServeProcess {
         });
 
         match start_line.recv_timeout(STARTUP_TIMEOUT) {
-            Ok((address, migrations_applied)) => ServeProcess {
+            Ok((address, migrations_applied, metrics_address)) => ServeProcess {
                 child,
                 address,
                 migrations_applied,
+                metrics_address,
                 stderr,
             },
             Err(_) => {
@@ -118,6 +145,35 @@ impl ServeProcess {
         self.child
             .try_wait()
             .expect("cannot poll the serve process")
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit.
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.try_wait() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not stop within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread may still be taking the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        status
+    }
+
+    /// Sends a signal, such as `TERM`, to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("cannot run kill");
+        assert!(sent.success(), "kill -{name} {pid} failed");
     }
 
     /// Kills the process at once (SIGKILL), as a crash or power loss would.

@@ -277,7 +277,7 @@ pub fn method_rule(path: &str) -> MethodRule {
         "StatsService/GetStats" => unary(Reader),
         "AuditService/ListAuditEvents" => unary(Reader),
         "AuditService/VerifyAuditTrail" => unary(Reader),
-        "ReportService/ExportSarif" => unary(Reader),
+        "ReportService/ExportSarif" => streaming(Reader),
         "ReportService/DraftPullRequest" => unary(Writer),
         _ => unary(Admin),
     }

@@ -1,6 +1,6 @@
 //! Bearer tokens: the tokens file, roles, and which role each RPC needs.
 //!
-//! The tokens file holds one token a line as `NAME ROLE sha256:HEX`, where
+//! The tokens file contains one token a line as `NAME ROLE sha256:HEX`, where
 //! HEX is the SHA-256 of the token text; the token itself is never stored.
 //! Blank lines and lines that start with `#` are ignored.
 
@@ -22,7 +22,7 @@ pub const TOKEN_PREFIX: &str = "cat_";
 /// Random bytes in a new token.
 const TOKEN_BYTES: usize = 32;
 
-/// What a token may do. Each role includes the ones before it.
+/// Permission level of a token. Each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// Get, list, query, tail and export.
@@ -126,7 +126,7 @@ impl Tokens {
         Ok(Tokens { by_hash })
     }
 
-    /// The holder of `token`, if the file lists it.
+    /// Returns the holder of `token`, if the file lists it.
     pub fn verify(&self, token: &str) -> Option<&Caller> {
         self.by_hash.get(&token_hash(token))
     }
@@ -213,10 +213,10 @@ pub fn create_token(path: &Path, name: &str, role: Role) -> Result<String, Strin
     Ok(token)
 }
 
-/// How the server treats one RPC.
+/// Access rule and call shape of one RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodRule {
-    /// Least role that may call it.
+    /// Minimum role that may call it.
     pub role: Role,
     /// Whether the request or the response is a stream; the default timeout
     /// for unary calls does not apply to these.
@@ -237,7 +237,7 @@ const fn streaming(role: Role) -> MethodRule {
     }
 }
 
-/// The rule for a gRPC path such as `/code_analyzer.v1.CrewService/GetCrew`.
+/// Returns the rule for a gRPC path such as `/code_analyzer.v1.CrewService/GetCrew`.
 /// Paths of this server's services that are not listed need the admin role,
 /// so a new RPC is closed until it is given a rule here.
 pub fn method_rule(path: &str) -> MethodRule {
@@ -283,8 +283,8 @@ pub fn method_rule(path: &str) -> MethodRule {
     }
 }
 
-/// Health checks and reflection answer without a token, so that load
-/// balancers and grpcurl work before anyone has one.
+/// Returns whether `path` is a health or reflection call. These need no
+/// token, so that load balancers and grpcurl work before anyone has one.
 pub fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.v1.ServerReflection/")
@@ -363,11 +363,13 @@ mod tests {
         let path = folder.path().join("tokens");
         let first = create_token(&path, "crew-a", Role::Writer).unwrap();
         let second = create_token(&path, "ops", Role::Admin).unwrap();
-        assert!(first.starts_with(TOKEN_PREFIX) && first.len() > 40);
+        assert!(first.starts_with(TOKEN_PREFIX));
+        assert!(first.len() > 40);
         assert_ne!(first, second);
 
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&first) && !text.contains(&second));
+        assert!(!text.contains(&first));
+        assert!(!text.contains(&second));
         let tokens = Tokens::load(&path).unwrap();
         assert_eq!(tokens.verify(&first).unwrap().role, Role::Writer);
         assert_eq!(tokens.verify(&second).unwrap().name, "ops");

@@ -23,7 +23,7 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Longest request head the metrics endpoint reads.
+/// Maximum size of a request head that the metrics endpoint reads.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
 /// How long the metrics endpoint waits for a request head.
@@ -342,7 +342,8 @@ fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
     let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
 }
 
-/// The canonical upper-case name of a status code, as grpc-go prints it.
+/// Returns the name that grpc-go gives a status code, such as `NotFound`;
+/// go-grpc-prometheus uses it as the `grpc_code` label.
 pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",

@@ -28,12 +28,13 @@ use crate::storage::audit;
 /// How long a shed client should wait before it retries.
 const SHED_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// What the layer enforces.
+/// Rules that the layer enforces.
 #[derive(Debug, Clone)]
 pub struct CallPolicy {
     /// Accepted tokens; `None` serves without authentication.
     pub tokens: Option<Arc<Tokens>>,
-    /// Most calls in progress at once; calls beyond it are refused.
+    /// Maximum number of calls in progress at once; calls beyond it are
+    /// rejected.
     pub max_concurrent_calls: usize,
     /// Deadline of unary calls whose client sets none.
     pub unary_timeout: Option<Duration>,
@@ -229,8 +230,8 @@ fn peer_address(request: &http::Request<Body>) -> Option<SocketAddr> {
         })
 }
 
-/// What is known of one call until its response ends; dropping it logs
-/// the call and records its metrics.
+/// Record of one call until its response ends. Dropping it logs the call
+/// and records its metrics.
 struct CallRecord {
     path: String,
     peer: Option<SocketAddr>,

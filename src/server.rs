@@ -30,6 +30,10 @@ use crate::pb::stats_service_server::StatsServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::storage::Storage;
 
+/// HTTP/2 flow-control window of each stream and each connection: the most
+/// request bytes a client may send ahead of what the server has read.
+const FLOW_CONTROL_WINDOW: u32 = 1024 * 1024;
+
 /// Settings of a running server that do not concern the database.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -190,6 +194,8 @@ pub async fn serve(
         unary_timeout: options.unary_timeout,
     };
     let server = builder
+        .initial_stream_window_size(FLOW_CONTROL_WINDOW)
+        .initial_connection_window_size(FLOW_CONTROL_WINDOW)
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .layer(CallLayer::new(policy))

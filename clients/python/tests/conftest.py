@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -51,7 +51,7 @@ class ServerProcess:
     """One `code-analyzer serve` process. Its stderr is read to the end on a
     thread, so the server never blocks on a full pipe."""
 
-    def __init__(self, database: Path, listen: str = "127.0.0.1:0"):
+    def __init__(self, database: Path, listen: str = "127.0.0.1:0", extra_args: Sequence[str] = ()):
         self.database = database
         self.stderr_lines: list[str] = []
         self.process = subprocess.Popen(
@@ -66,6 +66,7 @@ class ServerProcess:
                 f"sqlite://{database}",
                 "--shutdown-grace",
                 "1",
+                *extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -123,12 +124,12 @@ class ServerProcess:
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Return a function that starts a server on `tmp_path/analyzer.db`,
-    optionally on a given `listen` address. Every server it started is
+    optionally on a given `listen` address and with more `serve` flags. Every server it started is
     killed at the end of the test."""
     started: list[ServerProcess] = []
 
-    def start(listen: str = "127.0.0.1:0") -> ServerProcess:
-        server = ServerProcess(tmp_path / "analyzer.db", listen)
+    def start(listen: str = "127.0.0.1:0", extra_args: Sequence[str] = ()) -> ServerProcess:
+        server = ServerProcess(tmp_path / "analyzer.db", listen, extra_args)
         started.append(server)
         return server
 

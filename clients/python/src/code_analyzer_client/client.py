@@ -194,6 +194,71 @@ class FileHistory:
     fix_count: int
 
 
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer TOKEN` to every call of a plaintext
+    channel, where gRPC refuses call credentials."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = list(details.metadata or [])
+        metadata.append(self._header)
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def open_channel(
+    target: str,
+    *,
+    token: str | None = None,
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    options: Sequence[tuple[str, Any]] | None = None,
+) -> grpc.Channel:
+    """Open a channel to `target` (`host:port`).
+
+    `token` is sent as a bearer token with every call, for a server started
+    with `--tokens-file`. `root_certificates` (PEM bytes of the authority
+    that signed the server's certificate) turns on TLS; `private_key` and
+    `certificate_chain` add a client certificate for a server that requires
+    one (`--tls-client-ca`).
+    """
+    options = list(options or [])
+    if root_certificates is None and private_key is None and certificate_chain is None:
+        channel = grpc.insecure_channel(target, options=options)
+        if token is None:
+            return channel
+        return grpc.intercept_channel(channel, _BearerToken(token))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
 class Client:
     """Calls the code-analyzer services over one `grpc.Channel`.
 
@@ -215,10 +280,27 @@ class Client:
         self._owns_channel = False
 
     @classmethod
-    def connect(cls, target: str = "127.0.0.1:50051", **kwargs: Any) -> Client:
-        """Open a plaintext channel to `target` (`host:port`) that `close()`
-        closes."""
-        client = cls(grpc.insecure_channel(target), **kwargs)
+    def connect(
+        cls,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        **kwargs: Any,
+    ) -> Client:
+        """Open a channel to `target` (`host:port`) that `close()` closes;
+        the arguments other than `target` and `timeout` are those of
+        `open_channel`."""
+        channel = open_channel(
+            target,
+            token=token,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
+        client = cls(channel, **kwargs)
         client._owns_channel = True
         return client
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from .client import to_struct
+from .client import open_channel, to_struct
 from .v1 import log_pb2, log_pb2_grpc
 
 # Limits of the server on one entry (see NewLogEntry in log.proto).
@@ -80,8 +80,9 @@ def _python_level_name(record: logging.LogRecord) -> str:
 class CodeAnalyzerLogHandler(logging.Handler):
     """Send log records to a code-analyzer server.
 
-    `target` is a `host:port` for a plaintext channel that the handler opens
-    and closes, or a `grpc.Channel` that the caller owns. The background
+    `target` is a `host:port` for a channel that the handler opens and
+    closes (with `token` and `root_certificates` as in `open_channel`), or a
+    `grpc.Channel` that the caller owns. The background
     thread sends when `batch_size` records are queued or `flush_interval`
     seconds after the last send. A failed send with a code in
     `RETRYABLE_CODES` is repeated after a backoff that doubles from
@@ -117,12 +118,16 @@ class CodeAnalyzerLogHandler(logging.Handler):
         max_retry_interval: float = 5.0,
         close_timeout: float = 5.0,
         entry_id_prefix: str | None = None,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
     ):
         super().__init__(level)
         if batch_size < 1 or max_queue < 1:
             raise ValueError(f"batch_size ({batch_size}) and max_queue ({max_queue}) must be at least 1")
         if isinstance(target, str):
-            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = open_channel(
+                target, token=token, root_certificates=root_certificates, options=CHANNEL_OPTIONS
+            )
             self._owns_channel = True
         else:
             self._channel = target

@@ -192,8 +192,9 @@ async fn drive_queue(channels: Vec<Channel>, task_count: usize) {
         worker.await.unwrap();
     }
 
-    let holds = holds.lock().unwrap();
-    let completions = completions.lock().unwrap();
+    // Every worker has finished, so the maps are taken out of their locks.
+    let holds = std::mem::take(&mut *holds.lock().unwrap());
+    let completions = std::mem::take(&mut *completions.lock().unwrap());
     let mut page_token = String::new();
     let mut finished = 0;
     loop {

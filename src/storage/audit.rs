@@ -114,6 +114,9 @@ pub struct Verification {
     pub broken: Option<(i64, String)>,
 }
 
+/// Hashes an event with the hash of the event before it; every field of
+/// the event is part of the hash.
+#[allow(clippy::too_many_arguments)]
 fn event_hash(
     previous_hash: &str,
     occurred_at: i64,

@@ -87,10 +87,10 @@ fn active_with_key(
 /// the same dedupe key and `true`. The partial unique index on
 /// `(queue, dedupe_key)` settles a race between two enqueues.
 pub fn enqueue(conn: &mut Conn, row: &NewTaskRow) -> Result<(TaskRow, bool), StorageError> {
-    if let Some(key) = &row.dedupe_key {
-        if let Some(existing) = active_with_key(conn, &row.queue, key)? {
-            return Ok((existing, true));
-        }
+    if let Some(key) = &row.dedupe_key
+        && let Some(existing) = active_with_key(conn, &row.queue, key)?
+    {
+        return Ok((existing, true));
     }
     let inserted = transaction(conn, |conn| {
         let task: TaskRow = with_conn!(conn, c => {

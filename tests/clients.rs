@@ -54,6 +54,29 @@ impl FreshServer {
         }
     }
 
+    /// Starts a server that requires tokens, and returns it with a writer
+    /// token.
+    fn start_with_token() -> (FreshServer, String) {
+        let folder = tempfile::TempDir::new().expect("cannot create a temporary folder");
+        let url = format!("sqlite://{}", folder.path().join("clients.db").display());
+        let tokens_file = folder.path().join("tokens");
+        let token = code_analyzer::auth::create_token(
+            &tokens_file,
+            "example-crew",
+            code_analyzer::auth::Role::Writer,
+        )
+        .expect("cannot create a token");
+        let tokens_arg = tokens_file.to_str().expect("temporary path is not UTF-8");
+        let server = FreshServer {
+            process: ServeProcess::start(
+                &url,
+                &["--shutdown-grace", "1", "--tokens-file", tokens_arg],
+            ),
+            _folder: folder,
+        };
+        (server, token)
+    }
+
     fn address(&self) -> &str {
         &self.process.address
     }
@@ -302,12 +325,14 @@ fn typescript_example_reads_back_its_run() {
         );
         return;
     }
-    let server = FreshServer::start();
+    // The server requires a token, so the example must send it with every call.
+    let (server, token) = FreshServer::start_with_token();
 
     let mut command = Command::new("node");
     command
         .arg(example.join("crew_run.mjs"))
-        .env("CODE_ANALYZER_ADDRESS", server.address());
+        .env("CODE_ANALYZER_ADDRESS", server.address())
+        .env("CODE_ANALYZER_TOKEN", token);
     let output = run_with_timeout(command, NODE_TIMEOUT).expect("cannot run node");
 
     let text = output_text(&output);

@@ -3,7 +3,8 @@
 // any mismatch (2 when a call fails).
 //
 // Usage: node crew_run.mjs [HOST:PORT]   (or CODE_ANALYZER_ADDRESS; default
-// 127.0.0.1:50051). Runs on node 20 without a build step; the types are
+// 127.0.0.1:50051). CODE_ANALYZER_TOKEN, when set, is sent as the bearer
+// token of every call, for a server started with --tokens-file. Runs on node 20 without a build step; the types are
 // JSDoc comments that `tsc --checkJs` can read.
 
 import { promisify } from "node:util";
@@ -155,7 +156,21 @@ function expectEqual(what, actual, expected) {
  */
 function call(client, method, request) {
   const deadline = new Date(Date.now() + CALL_TIMEOUT_MS);
-  return promisify(client[method].bind(client))(request, new grpc.Metadata(), { deadline });
+  return promisify(client[method].bind(client))(request, callMetadata(), { deadline });
+}
+
+/**
+ * Builds the metadata of one call: the bearer token from
+ * CODE_ANALYZER_TOKEN, if set.
+ * @returns {grpc.Metadata}
+ */
+function callMetadata() {
+  const metadata = new grpc.Metadata();
+  const token = process.env.CODE_ANALYZER_TOKEN;
+  if (token) {
+    metadata.set("authorization", `Bearer ${token}`);
+  }
+  return metadata;
 }
 
 /**
@@ -168,7 +183,7 @@ function call(client, method, request) {
 function ingestLogs(logs, messages) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + CALL_TIMEOUT_MS);
-    const stream = logs.IngestLogs({ deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+    const stream = logs.IngestLogs(callMetadata(), { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
     for (const message of messages) stream.write(message);
     stream.end();
   });

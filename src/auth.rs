@@ -9,6 +9,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::RwLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -71,10 +72,11 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// The tokens a server accepts, by the hex SHA-256 of the token.
-#[derive(Debug, Clone, Default)]
+/// The tokens a server accepts, by the hex SHA-256 of the token. A running
+/// server swaps in a new list with `replace` when the file is reloaded.
+#[derive(Debug, Default)]
 pub struct Tokens {
-    by_hash: HashMap<String, Caller>,
+    by_hash: RwLock<HashMap<String, Caller>>,
 }
 
 impl Tokens {
@@ -123,20 +125,35 @@ impl Tokens {
                 return Err(format!("line {number}: the same token is listed twice"));
             }
         }
-        Ok(Tokens { by_hash })
+        Ok(Tokens {
+            by_hash: RwLock::new(by_hash),
+        })
     }
 
     /// Returns the holder of `token`, if the file lists it.
-    pub fn verify(&self, token: &str) -> Option<&Caller> {
-        self.by_hash.get(&token_hash(token))
+    pub fn verify(&self, token: &str) -> Option<Caller> {
+        self.read().get(&token_hash(token)).cloned()
+    }
+
+    /// Replaces the accepted tokens with those of `other`.
+    pub fn replace(&self, other: Tokens) {
+        let new = other
+            .by_hash
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        *self.by_hash.write().unwrap_or_else(|e| e.into_inner()) = new;
     }
 
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.read().is_empty()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Caller>> {
+        self.by_hash.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -324,6 +341,11 @@ mod tests {
         assert_eq!(caller.name, "ci-bot");
         assert_eq!(caller.role, Role::Writer);
         assert!(tokens.verify("cat_other").is_none());
+
+        let other = format!("ops admin sha256:{}\n", token_hash("cat_other"));
+        tokens.replace(Tokens::parse(&other).unwrap());
+        assert!(tokens.verify("cat_secret").is_none());
+        assert_eq!(tokens.verify("cat_other").unwrap().role, Role::Admin);
     }
 
     #[test]

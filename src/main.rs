@@ -137,7 +137,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                     path.display()
                 ));
             }
-            Some(Arc::new(tokens))
+            let tokens = Arc::new(tokens);
+            reload_tokens_on_hangup(Arc::clone(&tokens), path.clone())?;
+            Some(tokens)
         }
         None => None,
     };
@@ -200,6 +202,40 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     server::serve(storage, options, listener, shutdown)
         .await
         .map_err(|error| format!("server failed: {error}"))
+}
+
+/// Reloads the tokens file on SIGHUP, so that tokens are added and revoked
+/// without a restart. A file that fails to load leaves the tokens as they were.
+#[cfg(unix)]
+fn reload_tokens_on_hangup(tokens: Arc<Tokens>, path: PathBuf) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|error| format!("cannot handle SIGHUP: {error}"))?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match Tokens::load(&path) {
+                Ok(loaded) if loaded.is_empty() => tracing::warn!(
+                    path = %path.display(),
+                    "tokens file lists no tokens; keeping the previous tokens"
+                ),
+                Ok(loaded) => {
+                    let count = loaded.len();
+                    tokens.replace(loaded);
+                    tracing::info!(path = %path.display(), count, "reloaded the tokens file");
+                }
+                Err(error) => tracing::warn!(
+                    error = %error,
+                    "cannot reload the tokens file; keeping the previous tokens"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_tokens_on_hangup(_tokens: Arc<Tokens>, _path: PathBuf) -> Result<(), String> {
+    Ok(())
 }
 
 fn token(command: TokenCommand) -> Result<(), String> {

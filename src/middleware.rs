@@ -215,7 +215,7 @@ fn authorize(
             caller.role
         )));
     }
-    Ok(caller.clone())
+    Ok(caller)
 }
 
 fn peer_address(request: &http::Request<Body>) -> Option<SocketAddr> {

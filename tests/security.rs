@@ -313,6 +313,48 @@ async fn created_tokens_authenticate_client_commands() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tokens_file() {
+    let folder = tempfile::TempDir::new().unwrap();
+    let tokens_file = folder.path().join("tokens");
+    let old = create_token(&tokens_file, "old-crew", "writer");
+    let url = format!("sqlite://{}", folder.path().join("reload.db").display());
+    let server = ServeProcess::start(&url, &["--tokens-file", tokens_file.to_str().unwrap()]);
+    let mut crew = CrewServiceClient::new(server.channel().await);
+    crew.create_crew_output(with_token(create_request(), &old))
+        .await
+        .expect("the first token works");
+
+    // Add a token and revoke the first one, then reload.
+    let new = create_token(&tokens_file, "new-crew", "writer");
+    let text = std::fs::read_to_string(&tokens_file).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|line| !line.starts_with("old-crew "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&tokens_file, kept).unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server
+        .stderr_lines()
+        .iter()
+        .any(|line| line.contains("reloaded the tokens file"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no reload logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    crew.create_crew_output(with_token(create_request(), &new))
+        .await
+        .expect("the added token works");
+    let status = expect_error(
+        crew.create_crew_output(with_token(create_request(), &old))
+            .await,
+    );
+    assert_status(&status, Code::Unauthenticated, UNAUTHENTICATED);
+}
+
 #[test]
 fn serve_rejects_a_malformed_tokens_file() {
     let folder = tempfile::TempDir::new().unwrap();

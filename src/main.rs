@@ -119,6 +119,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         max_message_bytes: args.max_message_bytes,
         max_sarif_bytes: args.max_sarif_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        retention: args.retention.retention_options(),
     };
     server::serve(storage, options, listener, shutdown)
         .await

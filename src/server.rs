@@ -26,6 +26,7 @@ use crate::pb::report_service_server::ReportServiceServer;
 use crate::pb::stats_service_server::StatsServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::storage::Storage;
+use crate::storage::retention::{RetentionOptions, RetentionTask};
 
 /// Settings of a running server that do not concern the database.
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct ServerOptions {
     pub max_sarif_bytes: usize,
     /// How long calls in flight may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// Deletion of old records; off by default. Its `stats` are the
+    /// counters of the running task.
+    pub retention: RetentionOptions,
 }
 
 impl Default for ServerOptions {
@@ -42,6 +46,7 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
             max_sarif_bytes: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            retention: RetentionOptions::default(),
         }
     }
 }
@@ -115,7 +120,9 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let stats = StatsServiceServer::new(StatsApi::new(storage.clone()));
-    let audit = AuditServiceServer::new(AuditApi::new(storage));
+    let audit = AuditServiceServer::new(AuditApi::new(storage.clone()));
+    // Dropping the task on an early return stops it as well.
+    let retention = RetentionTask::start(storage, options.retention);
 
     let grace = options.shutdown_grace;
     let (drain_sender, drain_receiver) = tokio::sync::oneshot::channel::<()>();
@@ -186,6 +193,7 @@ pub async fn serve(
             tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the grace period were cut off");
         }
     }
+    retention.stop().await;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::storage::PoolOptions;
+use crate::storage::retention::{RetentionOptions, RetentionPolicy};
 
 /// Format of the server's own log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,6 +103,43 @@ pub struct ServeArgs {
     /// Format of the server's log lines; the level comes from RUST_LOG (default "info").
     #[arg(long, env = "CODE_ANALYZER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// Options of the background task that deletes old records.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Days to keep log entries, by their timestamp; 0 keeps them forever.
+    #[arg(long = "retain-logs", env = "CODE_ANALYZER_RETAIN_LOGS", value_name = "DAYS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub retain_logs_days: u64,
+
+    /// Days to keep crew outputs with their findings, fixes and logs, by
+    /// creation time; 0 keeps them forever. Older runs stay while they are
+    /// marked keep or hold an open finding that their crew's triage refers to.
+    #[arg(long = "retain-runs", env = "CODE_ANALYZER_RETAIN_RUNS", value_name = "DAYS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    pub retain_runs_days: u64,
+
+    /// Seconds from the end of one retention pass to the start of the next.
+    #[arg(long = "retention-interval", env = "CODE_ANALYZER_RETENTION_INTERVAL", value_name = "SECONDS", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
+    pub retention_interval_secs: u64,
+}
+
+impl RetentionArgs {
+    /// Builds the options of the retention task; ages of 0 days become `None`.
+    pub fn retention_options(&self) -> RetentionOptions {
+        let days = |days: u64| (days > 0).then(|| Duration::from_secs(days * 86_400));
+        RetentionOptions {
+            policy: RetentionPolicy {
+                log_max_age: days(self.retain_logs_days),
+                run_max_age: days(self.retain_runs_days),
+                ..RetentionPolicy::default()
+            },
+            interval: Duration::from_secs(self.retention_interval_secs),
+            ..RetentionOptions::default()
+        }
+    }
 }
 
 /// Authentication and TLS of `serve`.

@@ -198,6 +198,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .then(|| Duration::from_secs(limits.unary_timeout_secs)),
         keepalive_interval: Duration::from_secs(limits.keepalive_interval_secs),
         keepalive_timeout: Duration::from_secs(limits.keepalive_timeout_secs),
+        retention: args.retention.retention_options(),
     };
     server::serve(storage, options, listener, shutdown)
         .await

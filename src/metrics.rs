@@ -97,8 +97,11 @@ pub struct Metrics {
     pub pool_timeouts: AtomicU64,
     database_errors: Mutex<BTreeMap<&'static str, u64>>,
     pub retention_passes: AtomicU64,
+    pub retention_failed_passes: AtomicU64,
     pub retention_log_entries_deleted: AtomicU64,
     pub retention_crew_outputs_deleted: AtomicU64,
+    pub retention_findings_deleted: AtomicU64,
+    pub retention_fixes_deleted: AtomicU64,
 }
 
 /// The metrics of this process.
@@ -309,8 +312,14 @@ impl Metrics {
         counter(
             &mut out,
             "code_analyzer_retention_passes_total",
-            "Retention passes completed.",
+            "Retention passes completed, failed ones included.",
             &self.retention_passes,
+        );
+        counter(
+            &mut out,
+            "code_analyzer_retention_failed_passes_total",
+            "Retention passes that stopped on an error.",
+            &self.retention_failed_passes,
         );
         header(
             &mut out,
@@ -318,16 +327,18 @@ impl Metrics {
             "counter",
             "Records deleted by retention, by record type.",
         );
-        let _ = writeln!(
-            out,
-            "code_analyzer_retention_deleted_total{{record=\"log_entries\"}} {}",
-            self.retention_log_entries_deleted.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "code_analyzer_retention_deleted_total{{record=\"crew_outputs\"}} {}",
-            self.retention_crew_outputs_deleted.load(Ordering::Relaxed)
-        );
+        for (record, value) in [
+            ("log_entries", &self.retention_log_entries_deleted),
+            ("crew_outputs", &self.retention_crew_outputs_deleted),
+            ("findings", &self.retention_findings_deleted),
+            ("fixes", &self.retention_fixes_deleted),
+        ] {
+            let _ = writeln!(
+                out,
+                "code_analyzer_retention_deleted_total{{record=\"{record}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

@@ -29,6 +29,7 @@ use crate::pb::report_service_server::ReportServiceServer;
 use crate::pb::stats_service_server::StatsServiceServer;
 use crate::pb::task_service_server::TaskServiceServer;
 use crate::storage::Storage;
+use crate::storage::retention::{RetentionOptions, RetentionTask};
 
 /// HTTP/2 flow-control window of each stream and each connection: the most
 /// request bytes a client may send ahead of what the server has read.
@@ -52,6 +53,9 @@ pub struct ServerOptions {
     /// Time between HTTP/2 pings, and how long an answer may take.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Deletion of old records; off by default. Its `stats` are the
+    /// counters of the running task.
+    pub retention: RetentionOptions,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +70,7 @@ impl Default for ServerOptions {
             unary_timeout: Some(Duration::from_secs(60)),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            retention: RetentionOptions::default(),
         }
     }
 }
@@ -139,7 +144,9 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let stats = StatsServiceServer::new(StatsApi::new(storage.clone()));
-    let audit = AuditServiceServer::new(AuditApi::new(storage));
+    let audit = AuditServiceServer::new(AuditApi::new(storage.clone()));
+    // Dropping the task on an early return stops it as well.
+    let retention = RetentionTask::start(storage, options.retention);
 
     let grace = options.shutdown_grace;
     let (drain_sender, drain_receiver) = tokio::sync::oneshot::channel::<()>();
@@ -222,6 +229,7 @@ pub async fn serve(
             tracing::warn!(grace_secs = grace.as_secs(), "calls still running after the grace period were cut off");
         }
     }
+    retention.stop().await;
     tracing::info!("server stopped");
     Ok(())
 }

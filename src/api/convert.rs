@@ -5,6 +5,7 @@ use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 use serde_json::{Map, Number};
 
 use crate::pb;
+use crate::storage::crew_outputs::DeletedCrewOutput;
 use crate::storage::history::{HistoryEvent, HistoryRecord};
 use crate::storage::models::{CrewOutputRow, FindingRow, FixWithFindings, LogEntryRow, TaskRow};
 
@@ -149,6 +150,17 @@ pub fn crew_output(row: CrewOutputRow) -> pb::CrewOutput {
         started_at: optional_timestamp(row.started_at),
         finished_at: optional_timestamp(row.finished_at),
         revision: row.revision,
+        keep: row.keep != 0,
+    }
+}
+
+pub fn deleted_crew_output(deleted: DeletedCrewOutput) -> pb::DeleteCrewOutputResponse {
+    pb::DeleteCrewOutputResponse {
+        crew_output: Some(crew_output(deleted.crew_output)),
+        deleted_finding_count: deleted.findings,
+        deleted_fix_count: deleted.fixes,
+        deleted_fix_link_count: deleted.fix_links,
+        deleted_log_entry_count: deleted.log_entries,
     }
 }
 

@@ -1,4 +1,5 @@
-//! CrewService: create, get, list and update crew outputs (one per crew run).
+//! CrewService: create, get, list, update and delete crew outputs (one per
+//! crew run), and the state and metrics of crews.
 
 use tonic::{Request, Response, Status};
 
@@ -29,7 +30,7 @@ impl CrewApi {
     }
 }
 
-const UPDATABLE_PATHS: [&str; 4] = ["status", "results", "output_type", "error_message"];
+const UPDATABLE_PATHS: [&str; 5] = ["status", "results", "output_type", "error_message", "keep"];
 
 /// Reads the changes of an update from the message and its field mask.
 fn changes(request: &pb::UpdateCrewOutputRequest) -> Result<CrewOutputChanges, Status> {
@@ -91,6 +92,12 @@ fn changes(request: &pb::UpdateCrewOutputRequest) -> Result<CrewOutputChanges, S
                 )?;
                 if explicit || !output.error_message.is_empty() {
                     changes.error_message = Some(output.error_message.clone());
+                }
+            }
+            "keep" => {
+                // A bool has no unset state: without a mask only true counts.
+                if explicit || output.keep {
+                    changes.keep = Some(output.keep);
                 }
             }
             other => {
@@ -184,13 +191,14 @@ impl CrewService for CrewApi {
             validate::enum_value("status", request.status)?.unwrap_or(CrewOutputStatus::Pending);
         let results = validate::document("results", request.results.as_ref(), MAX_DOCUMENT_BYTES)?;
 
-        let row = crew_outputs::new_row(
+        let mut row = crew_outputs::new_row(
             request.crew_name,
             request.output_type,
             status,
             results,
             request.error_message,
         );
+        row.keep = i32::from(request.keep);
         let stored = self
             .storage
             .run_write(move |conn| crew_outputs::create(conn, &row))
@@ -330,6 +338,32 @@ impl CrewService for CrewApi {
             "updated crew output"
         );
         Ok(Response::new(convert::crew_output(stored)))
+    }
+
+    async fn delete_crew_output(
+        &self,
+        request: Request<pb::DeleteCrewOutputRequest>,
+    ) -> Result<Response<pb::DeleteCrewOutputResponse>, Status> {
+        let request = request.into_inner();
+        let id = validate::id("id", request.id)?;
+        let force = request.force;
+
+        let deleted = self
+            .storage
+            .run_write(move |conn| crew_outputs::delete(conn, id, force))
+            .await
+            .map_err(to_status)?;
+
+        tracing::info!(
+            crew_output.id = id,
+            crew_name = %deleted.crew_output.crew_name,
+            forced = force && deleted.crew_output.keep != 0,
+            findings = deleted.findings,
+            fixes = deleted.fixes,
+            log_entries = deleted.log_entries,
+            "deleted crew output {id}"
+        );
+        Ok(Response::new(convert::deleted_crew_output(deleted)))
     }
 }
 

@@ -5,7 +5,10 @@ use diesel::prelude::*;
 use super::audit::{self, Change};
 use super::models::{CrewOutputRow, NewCrewOutputRow};
 use super::paging::{Cursor, Page, PageRequest};
-use super::schema::crew_outputs;
+use super::schema::{
+    code_analysis_results as findings, crew_outputs, error_handling_results as fixes, fix_findings,
+    log_entries,
+};
 use super::{Conn, StorageError, now_micros, state, transaction, with_conn};
 use crate::pb::CrewOutputStatus;
 
@@ -26,6 +29,19 @@ pub struct CrewOutputChanges {
     pub results: Option<String>,
     pub output_type: Option<String>,
     pub error_message: Option<String>,
+    pub keep: Option<bool>,
+}
+
+/// A deleted crew output as it was before the deletion, with the number of
+/// records deleted with it.
+#[derive(Debug, Clone)]
+pub struct DeletedCrewOutput {
+    pub crew_output: CrewOutputRow,
+    pub findings: i64,
+    pub fixes: i64,
+    /// Links between a fix and a finding where either belongs to the run.
+    pub fix_links: i64,
+    pub log_entries: i64,
 }
 
 /// Whether a run may move from `from` to `to`. Staying in the same status
@@ -66,6 +82,7 @@ pub fn new_row(
         finished_at: is_final(status).then_some(now),
         created_at: now,
         updated_at: now,
+        keep: 0,
     }
 }
 
@@ -229,10 +246,14 @@ pub fn update(
         if let Some(error_message) = changes.error_message {
             next.error_message = error_message;
         }
+        if let Some(keep) = changes.keep {
+            next.keep = i32::from(keep);
+        }
         let unchanged = next.status == current.status
             && next.results == current.results
             && next.output_type == current.output_type
-            && next.error_message == current.error_message;
+            && next.error_message == current.error_message
+            && next.keep == current.keep;
         if unchanged {
             // Nothing to write: the revision counts changes, not calls.
             return Ok(current);
@@ -246,6 +267,7 @@ pub fn update(
                 crew_outputs::error_message.eq(&next.error_message),
                 crew_outputs::started_at.eq(next.started_at),
                 crew_outputs::finished_at.eq(next.finished_at),
+                crew_outputs::keep.eq(next.keep),
                 crew_outputs::revision.eq(crew_outputs::revision + 1),
                 crew_outputs::updated_at.eq(now),
             ))
@@ -266,6 +288,66 @@ pub fn update(
             state::analyze_finished_run(conn, &updated)?;
         }
         Ok(updated)
+    })
+}
+
+/// Deletes a crew output with its findings, fixes, fix links and log
+/// entries (the foreign keys cascade) and appends an audit event, in one
+/// transaction. A run marked keep is FailedPrecondition unless `force` is
+/// set. Tasks that produced the run stay, without their crew output.
+///
+/// NOTE: the whole run goes in one transaction, so on SQLite every other
+/// write waits until a run with very many findings is deleted. Retention
+/// deletes in batches instead.
+pub fn delete(conn: &mut Conn, id: i64, force: bool) -> Result<DeletedCrewOutput, StorageError> {
+    transaction(conn, |conn| {
+        let current = get_for_update(conn, id)?;
+        if current.keep != 0 && !force {
+            return Err(StorageError::FailedPrecondition(format!(
+                "crew output {id} is marked keep; set force to delete it"
+            )));
+        }
+
+        let deleted = with_conn!(conn, c => {
+            let run_findings = findings::table
+                .filter(findings::crew_output_id.eq(id))
+                .select(findings::id);
+            let run_fixes = fixes::table
+                .filter(fixes::crew_output_id.eq(id))
+                .select(fixes::id);
+            let fix_links: i64 = fix_findings::table
+                .filter(
+                    fix_findings::fix_id
+                        .eq_any(run_fixes)
+                        .or(fix_findings::finding_id.eq_any(run_findings)),
+                )
+                .count()
+                .get_result(c)?;
+            let counted = DeletedCrewOutput {
+                findings: run_findings.count().get_result(c)?,
+                fixes: run_fixes.count().get_result(c)?,
+                fix_links,
+                log_entries: log_entries::table
+                    .filter(log_entries::crew_output_id.eq(id))
+                    .count()
+                    .get_result(c)?,
+                crew_output: current,
+            };
+            diesel::delete(crew_outputs::table.find(id)).execute(c)?;
+            counted
+        });
+
+        audit::append(
+            conn,
+            Change::of(
+                "crew_output.delete",
+                "crew_output",
+                id,
+                Some(&deleted.crew_output),
+                None,
+            ),
+        )?;
+        Ok(deleted)
     })
 }
 

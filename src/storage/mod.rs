@@ -20,6 +20,7 @@ pub mod logs;
 pub mod models;
 pub mod paging;
 pub mod reports;
+pub mod retention;
 pub mod schema;
 pub mod state;
 pub mod stats;

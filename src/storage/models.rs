@@ -24,6 +24,8 @@ pub struct CrewOutputRow {
     pub revision: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// 1 when retention must never delete the run, 0 otherwise.
+    pub keep: i32,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -38,6 +40,7 @@ pub struct NewCrewOutputRow {
     pub finished_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub keep: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]

@@ -29,6 +29,7 @@ diesel::table! {
         revision -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        keep -> Integer,
     }
 }
 

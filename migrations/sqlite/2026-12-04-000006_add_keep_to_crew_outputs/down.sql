@@ -1,0 +1,2 @@
+DROP INDEX tasks_crew_output_idx;
+ALTER TABLE crew_outputs DROP COLUMN keep;

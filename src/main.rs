@@ -1,6 +1,6 @@
 //! The `code-analyzer` command: `serve`, `migrate`, and the client
 //! subcommands `import-sarif`, `push-logs`, `history`, `compare`,
-//! `export-sarif` and `draft-pr`.
+//! `export-sarif`, `draft-pr` and `tail`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use code_analyzer::client::{
     self, history::HistoryArgs, import_sarif::ImportSarifArgs, push_logs::PushLogsArgs,
 };
 use code_analyzer::client::{
-    compare::CompareArgs, draft_pr::DraftPrArgs, export_sarif::ExportSarifArgs,
+    compare::CompareArgs, draft_pr::DraftPrArgs, export_sarif::ExportSarifArgs, tail::TailArgs,
 };
 use code_analyzer::config::{DatabaseArgs, LogFormat, ServeArgs};
 use code_analyzer::server::{self, ServerOptions};
@@ -47,6 +47,8 @@ enum Command {
     ExportSarif(ExportSarifArgs),
     /// Build and store a pull-request draft from a run's open findings and fixes.
     DraftPr(DraftPrArgs),
+    /// Print log entries as the server stores them, until Ctrl-C.
+    Tail(TailArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -119,6 +121,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         max_message_bytes: args.max_message_bytes,
         max_sarif_bytes: args.max_sarif_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        ..ServerOptions::default()
     };
     server::serve(storage, options, listener, shutdown)
         .await
@@ -162,6 +165,9 @@ async fn main() -> ExitCode {
             .await
             .map_err(|error| error.to_string()),
         Command::DraftPr(args) => client::draft_pr::run(args)
+            .await
+            .map_err(|error| error.to_string()),
+        Command::Tail(args) => client::tail::run(args)
             .await
             .map_err(|error| error.to_string()),
     };

@@ -34,6 +34,9 @@ pub struct ServerOptions {
     pub max_sarif_bytes: usize,
     /// How long calls in flight may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// Stored log entries kept for TailLogs followers that have not read
+    /// them yet. A follower that falls further behind skips entries.
+    pub tail_buffer: usize,
 }
 
 impl Default for ServerOptions {
@@ -42,6 +45,7 @@ impl Default for ServerOptions {
             max_message_bytes: 16 * 1024 * 1024,
             max_sarif_bytes: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            tail_buffer: 4_096,
         }
     }
 }
@@ -105,7 +109,9 @@ pub async fn serve(
     let fix = FixServiceServer::new(FixApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let log = LogServiceServer::new(LogApi::new(storage.clone()))
+    let log_api = LogApi::new(storage.clone(), options.tail_buffer);
+    let tail_shutdown = log_api.tail_shutdown();
+    let log = LogServiceServer::new(log_api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let task = TaskServiceServer::new(TaskApi::new(storage.clone()))
@@ -129,6 +135,7 @@ pub async fn serve(
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        tail_shutdown.stop();
         reporter
             .set_not_serving::<CrewServiceServer<CrewApi>>()
             .await;

@@ -1,6 +1,6 @@
 //! The `code-analyzer` command: `serve`, `migrate`, and the client
 //! subcommands `import-sarif`, `push-logs`, `history`, `compare`,
-//! `export-sarif` and `draft-pr`, and `token` to manage bearer tokens.
+//! `export-sarif`, `draft-pr` and `tail`, and `token` to manage bearer tokens.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use code_analyzer::client::{
     self, history::HistoryArgs, import_sarif::ImportSarifArgs, push_logs::PushLogsArgs,
 };
 use code_analyzer::client::{
-    compare::CompareArgs, draft_pr::DraftPrArgs, export_sarif::ExportSarifArgs,
+    compare::CompareArgs, draft_pr::DraftPrArgs, export_sarif::ExportSarifArgs, tail::TailArgs,
 };
 use code_analyzer::config::{DatabaseArgs, LogFormat, ServeArgs};
 use code_analyzer::metrics;
@@ -51,6 +51,8 @@ enum Command {
     ExportSarif(ExportSarifArgs),
     /// Build and store a pull-request draft from a run's open findings and fixes.
     DraftPr(DraftPrArgs),
+    /// Print log entries as the server stores them, until Ctrl-C.
+    Tail(TailArgs),
     /// Manage the bearer tokens the server accepts.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -199,6 +201,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         keepalive_interval: Duration::from_secs(limits.keepalive_interval_secs),
         keepalive_timeout: Duration::from_secs(limits.keepalive_timeout_secs),
         retention: args.retention.retention_options(),
+        ..ServerOptions::default()
     };
     server::serve(storage, options, listener, shutdown)
         .await
@@ -295,6 +298,9 @@ async fn main() -> ExitCode {
             .await
             .map_err(|error| error.to_string()),
         Command::Token(command) => token(command),
+        Command::Tail(args) => client::tail::run(args)
+            .await
+            .map_err(|error| error.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

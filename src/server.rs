@@ -56,6 +56,9 @@ pub struct ServerOptions {
     /// Deletion of old records; off by default. Its `stats` are the
     /// counters of the running task.
     pub retention: RetentionOptions,
+    /// Stored log entries kept for TailLogs followers that have not read
+    /// them yet. A follower that falls further behind skips entries.
+    pub tail_buffer: usize,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +74,7 @@ impl Default for ServerOptions {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             retention: RetentionOptions::default(),
+            tail_buffer: 4_096,
         }
     }
 }
@@ -134,7 +138,9 @@ pub async fn serve(
     let fix = FixServiceServer::new(FixApi::new(storage.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let log = LogServiceServer::new(LogApi::new(storage.clone()))
+    let log_api = LogApi::new(storage.clone(), options.tail_buffer);
+    let tail_shutdown = log_api.tail_shutdown();
+    let log = LogServiceServer::new(log_api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let task = TaskServiceServer::new(TaskApi::new(storage.clone()))
@@ -160,6 +166,7 @@ pub async fn serve(
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        tail_shutdown.stop();
         reporter
             .set_not_serving::<CrewServiceServer<CrewApi>>()
             .await;

@@ -134,6 +134,38 @@ async fn roles_limit_what_a_token_may_call(mut server: TestServer) {
         .expect("an admin may do what a writer may");
 }
 
+async fn deletes_need_the_admin_role(mut server: TestServer) {
+    let created = server
+        .crew
+        .create_crew_output(with_token(create_request(), WRITER))
+        .await
+        .unwrap()
+        .into_inner();
+    let delete = || pb::DeleteCrewOutputRequest {
+        id: created.id,
+        ..Default::default()
+    };
+
+    let status = expect_error(
+        server
+            .crew
+            .delete_crew_output(with_token(delete(), WRITER))
+            .await,
+    );
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        "code_analyzer.v1.CrewService/DeleteCrewOutput needs the admin role; \
+         the token has the writer role",
+    );
+
+    server
+        .crew
+        .delete_crew_output(with_token(delete(), ADMIN))
+        .await
+        .expect("an admin may delete");
+}
+
 async fn health_and_reflection_need_no_token(server: TestServer) {
     let health = HealthClient::new(server.channel.clone())
         .check(HealthCheckRequest {
@@ -201,6 +233,8 @@ backend_tests! {
     missing_or_unknown_token_is_unauthenticated,
     #[options(secured())]
     roles_limit_what_a_token_may_call,
+    #[options(secured())]
+    deletes_need_the_admin_role,
     #[options(secured())]
     health_and_reflection_need_no_token,
     #[options(secured())]

@@ -1,11 +1,16 @@
-//! LogService: streaming, idempotent log ingest and log queries.
+//! LogService: streaming, idempotent log ingest, log queries and the live
+//! tail of stored entries.
 //!
 //! `IngestLogs` validates entries on the async side and hands batches to one
 //! writer task through a channel of two batches. When the database falls
 //! behind, the channel fills, the handler stops reading the stream, and
 //! HTTP/2 flow control slows the client, so memory stays bounded however
-//! long the stream is.
+//! long the stream is. Stored entries go to the followers of `TailLogs`
+//! (see `tail`).
 
+mod tail;
+
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +18,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
+use self::tail::{Follower, LiveLog};
 use super::convert::{self, timestamp_to_micros};
 use super::paging::list_page;
 use super::validate::{self, MAX_METADATA_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES};
@@ -40,13 +47,37 @@ const MAX_LISTED_REJECTIONS: usize = 1_000;
 /// Default page size of QueryLogs.
 const LOG_PAGE_SIZE: i32 = 100;
 
+/// Handlers of LogService.
 pub struct LogApi {
     storage: Storage,
+    live: Arc<LiveLog>,
+}
+
+/// Ends the TailLogs streams of a server when it shuts down.
+#[derive(Clone)]
+pub struct TailShutdown(Arc<LiveLog>);
+
+impl TailShutdown {
+    /// Ends every TailLogs stream with UNAVAILABLE, so that a graceful
+    /// shutdown does not wait for followers that never finish.
+    pub fn stop(&self) {
+        self.0.stop();
+    }
 }
 
 impl LogApi {
-    pub fn new(storage: Storage) -> Self {
-        LogApi { storage }
+    /// Creates the handlers. The live stream of TailLogs keeps up to
+    /// `tail_buffer` entries that the slowest follower has not read yet.
+    pub fn new(storage: Storage, tail_buffer: usize) -> Self {
+        LogApi {
+            storage,
+            live: Arc::new(LiveLog::new(tail_buffer)),
+        }
+    }
+
+    /// Returns the handle that ends the TailLogs streams at shutdown.
+    pub fn tail_shutdown(&self) -> TailShutdown {
+        TailShutdown(Arc::clone(&self.live))
     }
 }
 
@@ -159,20 +190,32 @@ fn entry_row(entry: pb::NewLogEntry, received_at: i64) -> Result<NewLogEntryRow,
     })
 }
 
-/// Writes batches in order until the channel closes or a write fails.
+/// Writes batches in order until the channel closes or a write fails, and
+/// publishes the stored entries to the TailLogs followers.
 async fn write_batches(
     storage: Storage,
+    live: Arc<LiveLog>,
     batches: mpsc::Receiver<Batch>,
 ) -> Result<Tally, StorageError> {
     let mut writes = ReceiverStream::new(batches)
         .map(|Batch { rows, positions }| {
             let storage = storage.clone();
+            let live = Arc::clone(&live);
             async move {
-                let (rows, outcome) = storage
+                // Held until the stored entries are published (see `tail`).
+                let _permit = live.write_permit().await;
+                let keep_stored = live.has_followers();
+                let (rows, outcome, stored) = storage
                     .run_write(move |conn| {
-                        logs::insert_batch(conn, &rows).map(|outcome| (rows, outcome))
+                        let (outcome, stored) = if keep_stored {
+                            logs::insert_batch_returning(conn, &rows)?
+                        } else {
+                            (logs::insert_batch(conn, &rows)?, Vec::new())
+                        };
+                        Ok((rows, outcome, stored))
                     })
                     .await?;
+                live.publish(stored);
                 Ok::<_, StorageError>((rows, positions, outcome))
             }
         })
@@ -213,7 +256,11 @@ impl LogService for LogApi {
     ) -> Result<Response<pb::IngestLogsResponse>, Status> {
         let mut stream = request.into_inner();
         let (sender, receiver) = mpsc::channel::<Batch>(2);
-        let writer = tokio::spawn(write_batches(self.storage.clone(), receiver));
+        let writer = tokio::spawn(write_batches(
+            self.storage.clone(),
+            Arc::clone(&self.live),
+            receiver,
+        ));
 
         let mut invalid = Tally::default();
         let mut batch = Batch::default();
@@ -320,28 +367,14 @@ impl LogService for LogApi {
         request: Request<pb::QueryLogsRequest>,
     ) -> Result<Response<pb::QueryLogsResponse>, Status> {
         let request = request.into_inner();
-        let min_severity = if request.min_level.is_empty() {
-            None
-        } else {
-            Some(levels::severity_number(&request.min_level).ok_or_else(|| {
-                invalid_argument(
-                    "min_level",
-                    format!("{:?} is not a known level name", request.min_level),
-                )
-            })?)
-        };
-        let filter = LogFilter {
-            start_time: validate::timestamp("start_time", request.start_time.as_ref())?,
-            end_time: validate::timestamp("end_time", request.end_time.as_ref())?,
-            min_severity,
-            crew_name: validate::filter_text("crew_name", &request.crew_name, MAX_NAME_BYTES)?,
-            crew_output_id: validate::optional_id("crew_output_id", request.crew_output_id)?,
-            message_contains: validate::filter_text(
-                "message_contains",
-                &request.message_contains,
-                MAX_NAME_BYTES,
-            )?,
-        };
+        let filter = log_filter(FilterFields {
+            start_time: request.start_time.as_ref(),
+            end_time: request.end_time.as_ref(),
+            min_level: &request.min_level,
+            crew_name: &request.crew_name,
+            crew_output_id: request.crew_output_id,
+            message_contains: &request.message_contains,
+        })?;
         let listed = list_page(
             &self.storage,
             filter,
@@ -358,4 +391,79 @@ impl LogService for LogApi {
             entries: listed.items.into_iter().map(convert::log_entry).collect(),
         }))
     }
+
+    type TailLogsStream = ReceiverStream<Result<pb::TailLogsResponse, Status>>;
+
+    async fn tail_logs(
+        &self,
+        request: Request<pb::TailLogsRequest>,
+    ) -> Result<Response<Self::TailLogsStream>, Status> {
+        let request = request.into_inner();
+        let filter = log_filter(FilterFields {
+            start_time: request.start_time.as_ref(),
+            end_time: request.end_time.as_ref(),
+            min_level: &request.min_level,
+            crew_name: &request.crew_name,
+            crew_output_id: request.crew_output_id,
+            message_contains: &request.message_contains,
+        })?;
+        if let (Some(start), Some(end)) = (request.start_time, request.end_time)
+            && filter.end_time <= filter.start_time
+        {
+            return Err(invalid_argument(
+                "end_time",
+                format!("{end} is not after start_time {start}"),
+            ));
+        }
+
+        // Subscribed before the response headers go out, so a client that
+        // has them receives every entry stored from then on.
+        let receiver = self.live.subscribe().await;
+        let (sender, responses) = tail::follower_queue();
+        let follower = Follower::new(
+            self.storage.clone(),
+            Arc::clone(&self.live),
+            filter,
+            receiver,
+            sender,
+        );
+        tokio::spawn(follower.run().in_current_span());
+        Ok(Response::new(ReceiverStream::new(responses)))
+    }
+}
+
+/// The filter fields that QueryLogs and TailLogs share.
+struct FilterFields<'a> {
+    start_time: Option<&'a prost_types::Timestamp>,
+    end_time: Option<&'a prost_types::Timestamp>,
+    min_level: &'a str,
+    crew_name: &'a str,
+    crew_output_id: i64,
+    message_contains: &'a str,
+}
+
+/// Validates the filter fields of a log request.
+fn log_filter(fields: FilterFields<'_>) -> Result<LogFilter, Status> {
+    let min_severity = if fields.min_level.is_empty() {
+        None
+    } else {
+        Some(levels::severity_number(fields.min_level).ok_or_else(|| {
+            invalid_argument(
+                "min_level",
+                format!("{:?} is not a known level name", fields.min_level),
+            )
+        })?)
+    };
+    Ok(LogFilter {
+        start_time: validate::timestamp("start_time", fields.start_time)?,
+        end_time: validate::timestamp("end_time", fields.end_time)?,
+        min_severity,
+        crew_name: validate::filter_text("crew_name", fields.crew_name, MAX_NAME_BYTES)?,
+        crew_output_id: validate::optional_id("crew_output_id", fields.crew_output_id)?,
+        message_contains: validate::filter_text(
+            "message_contains",
+            fields.message_contains,
+            MAX_NAME_BYTES,
+        )?,
+    })
 }

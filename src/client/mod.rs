@@ -1,6 +1,7 @@
 //! Client subcommands that talk to a running server: `import-sarif`,
-//! `push-logs`, `history`, `compare`, `export-sarif` and `draft-pr`. Each
-//! prints a short summary, or JSON with `--json`.
+//! `push-logs`, `history`, `compare`, `export-sarif`, `draft-pr` and
+//! `tail`. Each prints a short summary, or JSON with `--json`; `tail`
+//! prints a line, or a JSON object, per log entry.
 
 pub mod compare;
 pub mod draft_pr;
@@ -8,6 +9,7 @@ pub mod export_sarif;
 pub mod history;
 pub mod import_sarif;
 pub mod push_logs;
+pub mod tail;
 
 use std::path::{Path, PathBuf};
 

@@ -469,7 +469,8 @@ async fn pass_deletes_old_runs_with_records(mut server: TestServer) {
             &server,
             &format!(
                 "SELECT COUNT(*) FROM audit_events \
-                 WHERE action = 'crew_output.expire' AND record_id = {old}"
+                 WHERE action = 'crew_output.expire' AND record_id = {old} \
+                 AND actor = 'retention'"
             )
         ),
         1

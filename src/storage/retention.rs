@@ -364,6 +364,9 @@ fn stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
+/// Actor of the audit events that retention writes.
+pub const ACTOR: &str = "retention";
+
 /// Runs one pass of `policy` now, to its end, and returns what it deleted.
 pub async fn run_pass(
     storage: &Storage,
@@ -371,7 +374,7 @@ pub async fn run_pass(
 ) -> Result<PassOutcome, StorageError> {
     let (_keep_running, stop) = watch::channel(false);
     let mut outcome = PassOutcome::default();
-    pass(storage, policy, &stop, &mut outcome).await?;
+    super::audit::acting_as(Arc::from(ACTOR), pass(storage, policy, &stop, &mut outcome)).await?;
     Ok(outcome)
 }
 
@@ -442,7 +445,9 @@ impl RetentionTask {
             "retention on: first pass in {} s",
             options.first_pass_delay.as_secs()
         );
-        let handle = tokio::spawn(run_task(storage, options, stopping));
+        // The audit events of retention name it as their actor.
+        let task = super::audit::acting_as(Arc::from(ACTOR), run_task(storage, options, stopping));
+        let handle = tokio::spawn(task);
         RetentionTask {
             stop,
             handle: Some(handle),

@@ -20,8 +20,8 @@ use super::paging::{Cursor, Page, PageRequest};
 use super::schema::audit_events;
 use super::{Conn, StorageError, now_micros, with_conn};
 
-/// The actor of events written without an authenticated caller: when the
-/// server runs without a tokens file, and for its own background work.
+/// The actor of events written without an authenticated caller, as when
+/// the server runs without a tokens file.
 pub const ANONYMOUS: &str = "anonymous";
 
 tokio::task_local! {

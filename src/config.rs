@@ -254,3 +254,32 @@ pub struct LimitArgs {
     )]
     pub keepalive_timeout_secs: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn security(tokens_file: Option<&str>, insecure_no_auth: bool) -> SecurityArgs {
+        SecurityArgs {
+            tokens_file: tokens_file.map(PathBuf::from),
+            insecure_no_auth,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+        }
+    }
+
+    #[test]
+    fn open_server_only_on_loopback() {
+        let public: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let loopback_v4: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let loopback_v6: SocketAddr = "[::1]:50051".parse().unwrap();
+
+        assert!(security(None, false).check_exposure(loopback_v4).is_ok());
+        assert!(security(None, false).check_exposure(loopback_v6).is_ok());
+        let error = security(None, false).check_exposure(public).unwrap_err();
+        assert!(error.starts_with("refusing to serve without authentication on 0.0.0.0:50051"));
+        assert!(security(None, true).check_exposure(public).is_ok());
+        assert!(security(Some("tokens"), false).check_exposure(public).is_ok());
+    }
+}

@@ -185,8 +185,8 @@ pub struct SecurityArgs {
 }
 
 impl SecurityArgs {
-    /// Refuses to serve without authentication on an address other
-    /// machines can reach, unless the operator said so.
+    /// Rejects serving without authentication on an address that other
+    /// machines can reach, unless --insecure-no-auth is given.
     pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), String> {
         if self.tokens_file.is_none() && !listen.ip().is_loopback() && !self.insecure_no_auth {
             return Err(format!(
@@ -218,7 +218,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
 /// Call limits and HTTP/2 keepalive of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
-    /// Most calls in progress at once, streams included; further calls get
+    /// Maximum number of calls in progress at once, streams included; further calls get
     /// RESOURCE_EXHAUSTED with a retry delay.
     #[arg(long, env = "CODE_ANALYZER_MAX_CONCURRENT_CALLS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_calls: u32,
@@ -233,7 +233,7 @@ pub struct LimitArgs {
     )]
     pub unary_timeout_secs: u64,
 
-    /// Seconds between HTTP/2 pings on an idle connection, which keep NAT
+    /// Seconds between HTTP/2 pings on each connection, which keep NAT
     /// entries alive and find dead peers.
     #[arg(
         long = "keepalive-interval",
@@ -244,7 +244,7 @@ pub struct LimitArgs {
     )]
     pub keepalive_interval_secs: u64,
 
-    /// Seconds to wait for a ping's answer before closing the connection.
+    /// Seconds to wait for the reply to a ping before closing the connection.
     #[arg(
         long = "keepalive-timeout",
         env = "CODE_ANALYZER_KEEPALIVE_TIMEOUT",
@@ -280,6 +280,10 @@ mod tests {
         let error = security(None, false).check_exposure(public).unwrap_err();
         assert!(error.starts_with("refusing to serve without authentication on 0.0.0.0:50051"));
         assert!(security(None, true).check_exposure(public).is_ok());
-        assert!(security(Some("tokens"), false).check_exposure(public).is_ok());
+        assert!(
+            security(Some("tokens"), false)
+                .check_exposure(public)
+                .is_ok()
+        );
     }
 }

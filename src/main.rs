@@ -69,7 +69,7 @@ struct CreateTokenArgs {
     /// Name of the token's holder, the actor of its audit events.
     name: String,
 
-    /// What the token may do: reader, writer or admin.
+    /// Role of the token: reader, writer or admin.
     #[arg(long)]
     role: Role,
 

@@ -163,7 +163,7 @@ backend_tests! {
     unary_calls_meet_the_default_deadline,
 }
 
-/// A memory figure of a process from /proc, such as `VmHWM` (peak
+/// Reads a memory figure of a process from /proc, such as `VmHWM` (peak
 /// resident memory) or `VmRSS`, in KiB.
 fn memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

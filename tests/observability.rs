@@ -141,8 +141,8 @@ async fn metrics_count_calls_ingest_and_pool() {
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
 }
 
-/// The JSON log lines of `server` about calls of `method`, once there is
-/// one: the line is written when the response ends, just after the client
+/// Waits for and returns the JSON log lines of `server` about calls of
+/// `method`: the line is written when the response ends, just after the client
 /// has read it.
 async fn call_lines(server: &ServeProcess, method: &str) -> Vec<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -161,7 +161,7 @@ async fn call_lines(server: &ServeProcess, method: &str) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_call_is_logged_at_the_level_of_its_code() {
+async fn call_log_level_follows_code() {
     let folder = tempfile::TempDir::new().unwrap();
     let url = format!("sqlite://{}", folder.path().join("logged.db").display());
     let server = ServeProcess::start_with_log_level(&url, &[], "info,code_analyzer=debug");

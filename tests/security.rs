@@ -515,7 +515,7 @@ async fn tls_serves_clients_that_trust_its_authority() {
         "a client that trusts another CA connected"
     );
 
-    // A client that speaks plain HTTP/2 to a TLS port gets no answer.
+    // A client that speaks plain HTTP/2 to a TLS port gets no response.
     let plain = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .timeout(Duration::from_secs(5));

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{FindingRow, NewFindingRow};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::code_analysis_results as findings;
 use super::{
     Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, state, transaction,
@@ -153,7 +153,11 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<FindingRow>, StorageError> {
     with_conn!(conn, c => {
-        let total: i64 = filtered!(filter).count().get_result(c)?;
+        let total = filtered!(filter)
+            .select(findings::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(findings::id.gt(after.id));

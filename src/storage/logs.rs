@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use diesel::prelude::*;
 
 use super::models::{LogEntryRow, NewLogEntryRow};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::{crew_outputs, log_entries};
 use super::{Conn, StorageError, findings::escape_like, transaction, with_conn};
 
@@ -148,7 +148,11 @@ pub fn query(
     page: PageRequest,
 ) -> Result<Page<LogEntryRow>, StorageError> {
     with_conn!(conn, c => {
-        let total: i64 = filtered!(filter).count().get_result(c)?;
+        let total = filtered!(filter)
+            .select(log_entries::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(

@@ -1,0 +1,2 @@
+DROP INDEX error_handling_results_file_history_idx;
+DROP INDEX code_analysis_results_file_history_idx;

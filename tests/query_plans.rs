@@ -226,9 +226,12 @@ fn explain(conn: &mut Conn, sql: &str) -> Vec<String> {
 
 /// Returns why the plan is a failure, if it is: a large table read whole,
 /// or (on SQLite) rows sorted in a temporary B-tree.
-fn plan_problem(backend: Backend, plan: &[String]) -> Option<String> {
+fn plan_problem(backend: Backend, plan: &[String], allowed: &[&str]) -> Option<String> {
     for line in plan {
         let line = line.trim();
+        if allowed.iter().any(|allowed| line.contains(allowed)) {
+            continue;
+        }
         match backend {
             Backend::Sqlite => {
                 let scanned_whole = LARGE_TABLES.iter().any(|table| {
@@ -256,12 +259,13 @@ fn plan_problem(backend: Backend, plan: &[String]) -> Option<String> {
 
 /// Runs `query` with statement capture on, then checks the plan of every
 /// `SELECT` it sent. `expected_index` must appear in the plan of at least
-/// one of them.
+/// one of them, and plan lines that contain one of `allowed` are accepted.
 fn check_plans<T>(
     backend: Backend,
     conn: &mut Conn,
     name: &str,
     expected_index: &str,
+    allowed: &[&str],
     query: impl FnOnce(&mut Conn) -> T,
 ) {
     let statements = capture_statements(conn);
@@ -278,8 +282,9 @@ fn check_plans<T>(
     for statement in selects {
         let sql = with_binds_inlined(backend, statement);
         let plan = explain(conn, &sql);
+        eprintln!("{name}:\n  {}", plan.join("\n  "));
         index_used |= plan.iter().any(|line| line.contains(expected_index));
-        if let Some(problem) = plan_problem(backend, &plan) {
+        if let Some(problem) = plan_problem(backend, &plan, allowed) {
             panic!("{name}: {problem}\nSQL: {sql}\nplan:\n{}", plan.join("\n"));
         }
     }
@@ -344,10 +349,48 @@ fn hot_queries_use_indexes(backend: Backend) {
         ),
     ];
     for (name, index, filter) in findings_cases {
-        check_plans(backend, &mut conn, name, index, |conn| {
+        check_plans(backend, &mut conn, name, index, &[], |conn| {
             findings::list(conn, &filter, deep_page).expect("list failed")
         });
     }
+
+    // A prefix with fewer matches than the count limit (4,000 here) is read
+    // from the path index and its matches sorted by id, at most 10,000 rows.
+    check_plans(
+        backend,
+        &mut conn,
+        "ListFindings by rare path prefix",
+        "code_analysis_results_file_path_idx",
+        &["USE TEMP B-TREE FOR ORDER BY"],
+        |conn| {
+            let filter = FindingFilter {
+                file_path_prefix: Some("lib/pkg3/".to_string()),
+                ..Default::default()
+            };
+            findings::list(conn, &filter, deep_page).expect("list failed")
+        },
+    );
+    // A prefix that matches every row is read from the primary key in id
+    // order. Counting it may scan the table, because the scan stops at the
+    // count limit of 10,000 matches, which come soon when matches are dense.
+    let primary_key = match backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres => "code_analysis_results_pkey",
+    };
+    check_plans(
+        backend,
+        &mut conn,
+        "ListFindings by common path prefix",
+        primary_key,
+        &["Seq Scan on code_analysis_results"],
+        |conn| {
+            let filter = FindingFilter {
+                file_path_prefix: Some("lib/".to_string()),
+                ..Default::default()
+            };
+            findings::list(conn, &filter, deep_page).expect("list failed")
+        },
+    );
 
     let log_page = PageRequest {
         size: 100,
@@ -359,7 +402,7 @@ fn hot_queries_use_indexes(backend: Backend) {
     let log_cases = [
         (
             "QueryLogs by crew, level and time",
-            "log_entries_crew_name_idx",
+            "log_entries_crew_level_idx",
             LogFilter {
                 crew_name: Some("crew-3".to_string()),
                 min_severity: Some(13),
@@ -370,7 +413,7 @@ fn hot_queries_use_indexes(backend: Backend) {
         ),
         (
             "QueryLogs by crew",
-            "log_entries_crew_name_idx",
+            "log_entries_crew_level_idx",
             LogFilter {
                 crew_name: Some("crew-3".to_string()),
                 ..Default::default()
@@ -395,7 +438,7 @@ fn hot_queries_use_indexes(backend: Backend) {
         ),
     ];
     for (name, index, filter) in log_cases {
-        check_plans(backend, &mut conn, name, index, |conn| {
+        check_plans(backend, &mut conn, name, index, &[], |conn| {
             logs::query(conn, &filter, log_page).expect("query failed")
         });
     }
@@ -412,6 +455,7 @@ fn hot_queries_use_indexes(backend: Backend) {
         &mut conn,
         "GetFileHistory",
         "code_analysis_results_file_history_idx",
+        &[],
         |conn| history::file_history(conn, "lib/pkg3/file13.py", history_page).expect("history"),
     );
     check_plans(
@@ -419,6 +463,7 @@ fn hot_queries_use_indexes(backend: Backend) {
         &mut conn,
         "CompareRuns",
         "code_analysis_results_crew_output_idx",
+        &[],
         |conn| state::compare(conn, 20, 21, &CompareFilter::default()).expect("compare failed"),
     );
 }

@@ -158,7 +158,22 @@ pub fn list(
             .limit(MAX_COUNTED_ROWS)
             .load::<i64>(c)?
             .len() as i64;
-        let mut query = filtered!(filter);
+        // A path prefix that matches many rows is read in id order from the
+        // primary key: the range of the path index would sort every match
+        // for each page. `file_path || ''` keeps the planner off that index.
+        let walk_by_id = filter.file_path_prefix.is_some() && total >= MAX_COUNTED_ROWS;
+        let unprefixed = FindingFilter {
+            file_path_prefix: None,
+            ..filter.clone()
+        };
+        let mut query = if walk_by_id {
+            let prefix = filter.file_path_prefix.as_deref().unwrap_or_default();
+            let pattern = format!("{}%", escape_like(prefix));
+            filtered!(&unprefixed)
+                .filter(findings::file_path.concat("").like(pattern).escape('\\'))
+        } else {
+            filtered!(filter)
+        };
         if let Some(after) = page.after {
             query = query.filter(findings::id.gt(after.id));
         }

@@ -105,12 +105,14 @@ pub fn file_history(
         let mut fix_query = fixes::table.filter(fixes::file_path.eq(file_path)).into_boxed();
         if let Some(after) = page.after {
             let (finding_id, fix_id) = ids_before(after.id);
-            finding_query = finding_query.filter(
+            // `created_at <= key` repeats what the second condition implies,
+            // as a range that the planner can read from the index.
+            finding_query = finding_query.filter(findings::created_at.le(after.key)).filter(
                 findings::created_at
                     .lt(after.key)
                     .or(findings::created_at.eq(after.key).and(findings::id.le(finding_id))),
             );
-            fix_query = fix_query.filter(
+            fix_query = fix_query.filter(fixes::created_at.le(after.key)).filter(
                 fixes::created_at
                     .lt(after.key)
                     .or(fixes::created_at.eq(after.key).and(fixes::id.le(fix_id))),

@@ -155,7 +155,9 @@ pub fn query(
             .len() as i64;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
-            query = query.filter(
+            // The first condition repeats what the second implies, as a
+            // range that the planner can read from an index.
+            query = query.filter(log_entries::timestamp.le(after.key)).filter(
                 log_entries::timestamp
                     .lt(after.key)
                     .or(log_entries::timestamp.eq(after.key).and(log_entries::id.lt(after.id))),

@@ -1,2 +1,0 @@
-DROP INDEX error_handling_results_file_history_idx;
-DROP INDEX code_analysis_results_file_history_idx;

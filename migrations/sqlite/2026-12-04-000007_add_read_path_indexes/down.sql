@@ -1,0 +1,4 @@
+CREATE INDEX log_entries_crew_name_idx ON log_entries (crew_name, timestamp, id);
+DROP INDEX log_entries_crew_level_idx;
+DROP INDEX error_handling_results_file_history_idx;
+DROP INDEX code_analysis_results_file_history_idx;

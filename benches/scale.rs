@@ -34,7 +34,7 @@ Usage: cargo bench --bench scale -- [--backend sqlite|postgres|all] [--findings 
 
   --findings N     findings in the database before the scenarios (default 1000000)
   --logs N         log entries in the database before the scenarios (default 10000000)
-  --clients N      concurrent clients of the read scenarios (default 8)
+  --clients N      concurrent clients of the read scenarios (default 4)
   --ingest-rows N  entries of the single-stream ingest, split over 32 streams after (default 320000)
 
 Environment: CODE_ANALYZER_FIXTURES (default ../shared/fixtures next to Cargo.toml) and
@@ -69,7 +69,7 @@ fn parse_options() -> Options {
         backends: vec!["sqlite", "postgres"],
         findings: 1_000_000,
         logs: 10_000_000,
-        clients: 8,
+        clients: 4,
         ingest_rows: 320_000,
     };
     let mut args = std::env::args().skip(1);

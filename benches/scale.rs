@@ -780,7 +780,7 @@ async fn stream_entries(
     started.elapsed()
 }
 
-async fn ingest_scenarios(channel: &Channel, rows: usize) -> Vec<Outcome> {
+async fn ingest_scenarios(channel: &Channel, dataset: &Arc<Dataset>, rows: usize) -> Vec<Outcome> {
     let lines = Arc::new(fixture_log_lines());
     let single = stream_entries(
         channel.clone(),
@@ -806,11 +806,40 @@ async fn ingest_scenarios(channel: &Channel, rows: usize) -> Vec<Outcome> {
             ))
         })
         .collect();
+    // One reader reads file history while the streams write, to show
+    // whether writes starve reads.
+    let streaming = Arc::new(AtomicBool::new(true));
+    let reader = {
+        let streaming = Arc::clone(&streaming);
+        let dataset = Arc::clone(dataset);
+        let mut analysis = AnalysisServiceClient::new(channel.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut round = 0;
+            while streaming.load(Ordering::Relaxed) {
+                let path = &dataset.file_paths[pick(round, dataset.file_paths.len())];
+                let started = Instant::now();
+                analysis
+                    .get_file_history(pb::GetFileHistoryRequest {
+                        file_path: path.clone(),
+                        page_size: 0,
+                        page_token: String::new(),
+                    })
+                    .await
+                    .expect("GetFileHistory failed");
+                latencies.push(started.elapsed());
+                round += 1;
+            }
+            latencies
+        })
+    };
     let mut durations = Vec::new();
     for handle in handles {
         durations.push(handle.await.expect("stream task failed"));
     }
     let elapsed = started.elapsed();
+    streaming.store(false, Ordering::Relaxed);
+    let reads = reader.await.expect("reader task failed");
     let total_rate = (per_stream * STREAMS) as f64 / elapsed.as_secs_f64();
     let rates: Vec<f64> = durations
         .iter()
@@ -836,6 +865,14 @@ async fn ingest_scenarios(channel: &Channel, rows: usize) -> Vec<Outcome> {
                 "{total_rate:.0} entries/s = {:.0}% of 1 stream; per stream {min_rate:.0} to {max_rate:.0}/s",
                 total_rate * 100.0 / single_rate
             ),
+            peak_rss_kib: 0,
+        },
+        Outcome {
+            scenario: "GetFileHistory, 1 client, during the 32 streams".to_string(),
+            latencies: reads,
+            elapsed,
+            target: "p99 < 20 ms".to_string(),
+            note: "reads while writes stream".to_string(),
             peak_rss_kib: 0,
         },
     ]
@@ -992,7 +1029,7 @@ async fn run_backend(backend: &str, options: &Options) {
     record(vec![compare_scenario(&channel, &dataset).await]);
     record(vec![import_scenario(&channel, &dataset).await]);
     record(vec![write_scenario(&channel, &dataset).await]);
-    record(ingest_scenarios(&channel, options.ingest_rows).await);
+    record(ingest_scenarios(&channel, &dataset, options.ingest_rows).await);
 
     sampling.store(false, Ordering::Relaxed);
     let sampled_kib = sampler.join().unwrap_or(0);

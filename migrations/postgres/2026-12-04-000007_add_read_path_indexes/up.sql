@@ -11,6 +11,11 @@ CREATE INDEX error_handling_results_file_history_idx ON error_handling_results (
 CREATE INDEX log_entries_crew_level_idx ON log_entries (crew_name, timestamp, id, severity_number);
 DROP INDEX log_entries_crew_name_idx;
 
+-- Findings of a run filtered by minimum priority: with the priority in the
+-- index, a page skips lower priorities without reading their rows.
+DROP INDEX code_analysis_results_crew_output_idx;
+CREATE INDEX code_analysis_results_crew_output_idx ON code_analysis_results (crew_output_id, id, priority);
+
 -- Path prefix filters are LIKE 'prefix%'. Under a collation other than C,
 -- PostgreSQL reads such a pattern from an index only with text_pattern_ops,
 -- which still serves the equality lookups of the index it replaces.

@@ -161,6 +161,9 @@ pub fn list(
         // A path prefix that matches many rows is read in id order from the
         // primary key: the range of the path index would sort every match
         // for each page. `file_path || ''` keeps the planner off that index.
+        // NOTE: a page then reads every row between two matches, so a long
+        // stretch of ids without a match (a large run in other folders)
+        // makes that page slow; BENCHMARKS.md measures it.
         let walk_by_id = filter.file_path_prefix.is_some() && total >= MAX_COUNTED_ROWS;
         let unprefixed = FindingFilter {
             file_path_prefix: None,

@@ -1,7 +1,8 @@
-//! Scale benchmark: builds a database of many findings and log entries from
-//! the fixture SARIF logs and log samples, starts the release server binary
-//! on it as a child process, drives it with concurrent tonic clients and
-//! prints latency percentiles per scenario and the server's peak memory.
+//! Scale benchmark. It builds a database of many findings and log entries
+//! from the fixture SARIF logs and log samples, and starts the release
+//! server binary on it as a child process. Concurrent tonic clients then
+//! drive it, and the bench prints latency percentiles per scenario and the
+//! server's peak memory.
 //!
 //! Run: `cargo build --release && cargo bench --bench scale -- --backend sqlite
 //! --findings 1000000 --logs 10000000`. BENCHMARKS.md records the figures.
@@ -169,7 +170,7 @@ fn fixture_log_lines() -> Vec<LogLine> {
     lines
 }
 
-/// Crew `index` of the log entries: the source system and a number, so
+/// Returns the crew of log entry `n`: the source system and a number, so
 /// each system's lines spread over four crews.
 fn log_crew(line: &LogLine, n: usize) -> String {
     format!("{}-{}", line.system, n % 4)
@@ -227,7 +228,7 @@ fn insert_findings(conn: &mut Conn, rows: Vec<NewFindingRow>) {
     }
 }
 
-/// What the bulk load built, for the scenarios to query.
+/// Inputs of the scenarios, taken from the bulk load.
 struct Dataset {
     compare_runs: (i64, i64),
     file_paths: Vec<String>,
@@ -420,7 +421,7 @@ where
     (latencies, started.elapsed())
 }
 
-/// A cheap deterministic sequence for picking inputs.
+/// Returns a deterministic pseudo-random index below `len` for `seed`.
 fn pick(seed: usize, len: usize) -> usize {
     (seed.wrapping_mul(0x9E37_79B9).wrapping_add(seed >> 3)) % len.max(1)
 }

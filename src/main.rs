@@ -98,9 +98,9 @@ fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, String
 }
 
 /// Caps glibc's malloc at two arenas. By default it opens up to eight per
-/// core as threads allocate, and each arena keeps memory that it freed, so
-/// the blocking threads that run database calls grew the server's resident
-/// memory to more than twice the working set (measured in BENCHMARKS.md).
+/// core as threads allocate, and each arena keeps memory that it freed.
+/// The blocking threads that run database calls then grew the server's
+/// resident memory to about twice its working set (BENCHMARKS.md).
 /// The environment variable `MALLOC_ARENA_MAX`, when set, still applies.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -956,9 +956,7 @@ fn check_same_rows(first_url: &str, second_url: &str, rows: u64) -> Result<(), S
 fn flush_dirty_pages() {
     match Command::new("sync").status() {
         Ok(status) if status.success() => {}
-        outcome => eprintln!(
-            "warning: sync failed ({outcome:?}), so later scenarios may wait on earlier writeback"
-        ),
+        outcome => eprintln!("warning: sync failed ({outcome:?}), so later scenarios may wait on earlier writeback"),
     }
 }
 

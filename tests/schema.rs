@@ -326,9 +326,7 @@ fn fresh_sqlite_migrates_while_pool_connects() {
     for _ in 0..30 {
         let database = TestDatabase::create(Backend::Sqlite).unwrap();
         let storage = Storage::open(database.url(), &PoolOptions::default()).unwrap();
-        let applied = storage
-            .migrate()
-            .expect("migrations failed on a fresh file");
+        let applied = storage.migrate().expect("migrations failed on a fresh file");
         assert!(!applied.is_empty());
     }
 }

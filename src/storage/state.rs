@@ -119,12 +119,9 @@ fn triage_of(
                 ))
                 .load(c)?
         });
-        found.extend(
-            rows.into_iter()
-                .map(|(fingerprint, status, reason, dismiss_reason)| {
-                    (fingerprint, (status, reason, dismiss_reason))
-                }),
-        );
+        found.extend(rows.into_iter().map(|(fingerprint, status, reason, dismiss_reason)| {
+            (fingerprint, (status, reason, dismiss_reason))
+        }));
     }
     Ok(found)
 }

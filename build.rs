@@ -19,6 +19,9 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // The migrations are embedded into the crate, which cargo does not track
+    // by itself: a new migration folder must rebuild it.
+    println!("cargo:rerun-if-changed=migrations");
 
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

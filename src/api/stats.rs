@@ -1,5 +1,8 @@
 //! StatsService: server-wide counts and recent ingest rates.
 
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::to_status;
@@ -10,13 +13,74 @@ use crate::storage::{Storage, now_micros, stats};
 const MINUTE_MICROS: i64 = 60_000_000;
 const HOUR_MICROS: i64 = 60 * MINUTE_MICROS;
 
+/// How long the server returns the same figures. Counting a table reads
+/// all of it, so on tens of millions of rows one count takes seconds; calls
+/// within this period share one count.
+pub const STATS_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Handlers of `StatsService`, with the figures of the last count.
 pub struct StatsApi {
     storage: Storage,
+    /// When the cached figures were counted, and the figures. The lock is
+    /// held while counting, so calls that arrive meanwhile wait for that
+    /// count instead of starting their own.
+    cached: Mutex<Option<(Instant, pb::Stats)>>,
 }
 
 impl StatsApi {
+    /// Creates the handlers on `storage`, with no figures counted yet.
     pub fn new(storage: Storage) -> Self {
-        StatsApi { storage }
+        StatsApi {
+            storage,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Counts every table and builds the response.
+    async fn count(&self) -> Result<pb::Stats, Status> {
+        let now = now_micros();
+        let counts = self
+            .storage
+            .run(move |conn| stats::counts(conn, now - MINUTE_MICROS, now - HOUR_MICROS))
+            .await
+            .map_err(to_status)?;
+
+        let tasks_by_queue_and_state = counts
+            .tasks_by_queue_and_state
+            .into_iter()
+            .map(|(queue, state, count)| pb::NamedCount {
+                name: format!(
+                    "{queue}/{}",
+                    TaskState::try_from(state)
+                        .map(|state| state.as_str_name())
+                        .unwrap_or("TASK_STATE_UNSPECIFIED")
+                ),
+                count,
+            })
+            .collect();
+        Ok(pb::Stats {
+            crew_outputs: counts.crew_outputs,
+            findings: counts.findings,
+            fixes: counts.fixes,
+            log_entries: counts.log_entries,
+            tasks: counts.tasks,
+            findings_by_priority: named(counts.findings_by_priority, |priority: Priority| {
+                priority.as_str_name()
+            }),
+            findings_by_status: named(counts.findings_by_status, |status: FindingStatus| {
+                status.as_str_name()
+            }),
+            log_entries_by_severity: by_severity(counts.log_entries_by_severity),
+            tasks_by_queue_and_state,
+            log_entries_rate: Some(rate(
+                counts.log_entries_since_minute,
+                counts.log_entries_since_hour,
+            )),
+            findings_rate: Some(rate(
+                counts.findings_since_minute,
+                counts.findings_since_hour,
+            )),
+        })
     }
 }
 
@@ -71,49 +135,16 @@ impl StatsService for StatsApi {
         &self,
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::Stats>, Status> {
-        let now = now_micros();
-        let counts = self
-            .storage
-            .run(move |conn| stats::counts(conn, now - MINUTE_MICROS, now - HOUR_MICROS))
-            .await
-            .map_err(to_status)?;
+        let mut cached = self.cached.lock().await;
+        if let Some((counted_at, stats)) = cached.as_ref()
+            && counted_at.elapsed() < STATS_CACHE_TTL
+        {
+            return Ok(Response::new(stats.clone()));
+        }
 
-        let tasks_by_queue_and_state = counts
-            .tasks_by_queue_and_state
-            .into_iter()
-            .map(|(queue, state, count)| pb::NamedCount {
-                name: format!(
-                    "{queue}/{}",
-                    TaskState::try_from(state)
-                        .map(|state| state.as_str_name())
-                        .unwrap_or("TASK_STATE_UNSPECIFIED")
-                ),
-                count,
-            })
-            .collect();
-        Ok(Response::new(pb::Stats {
-            crew_outputs: counts.crew_outputs,
-            findings: counts.findings,
-            fixes: counts.fixes,
-            log_entries: counts.log_entries,
-            tasks: counts.tasks,
-            findings_by_priority: named(counts.findings_by_priority, |priority: Priority| {
-                priority.as_str_name()
-            }),
-            findings_by_status: named(counts.findings_by_status, |status: FindingStatus| {
-                status.as_str_name()
-            }),
-            log_entries_by_severity: by_severity(counts.log_entries_by_severity),
-            tasks_by_queue_and_state,
-            log_entries_rate: Some(rate(
-                counts.log_entries_since_minute,
-                counts.log_entries_since_hour,
-            )),
-            findings_rate: Some(rate(
-                counts.findings_since_minute,
-                counts.findings_since_hour,
-            )),
-        }))
+        let stats = self.count().await?;
+        *cached = Some((Instant::now(), stats.clone()));
+        Ok(Response::new(stats))
     }
 }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::models::{AuditEventRow, NewAuditEventRow};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::audit_events;
 use super::{Conn, StorageError, now_micros, with_conn};
 
@@ -239,7 +239,11 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<AuditEventRow>, StorageError> {
     with_conn!(conn, c => {
-        let total: i64 = filtered!(filter).count().get_result(c)?;
+        let total = filtered!(filter)
+            .select(audit_events::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(audit_events::id.lt(after.id));

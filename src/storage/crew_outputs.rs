@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{CrewOutputRow, NewCrewOutputRow};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::{
     code_analysis_results as findings, crew_outputs, error_handling_results as fixes, fix_findings,
     log_entries,
@@ -188,7 +188,11 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<CrewOutputRow>, StorageError> {
     with_conn!(conn, c => {
-        let total: i64 = filtered!(filter).count().get_result(c)?;
+        let total = filtered!(filter)
+            .select(crew_outputs::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(crew_outputs::id.lt(after.id));

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{FindingRow, NewFindingRow};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::code_analysis_results as findings;
 use super::{
     Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, state, transaction,
@@ -153,8 +153,30 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<FindingRow>, StorageError> {
     with_conn!(conn, c => {
-        let total: i64 = filtered!(filter).count().get_result(c)?;
-        let mut query = filtered!(filter);
+        let total = filtered!(filter)
+            .select(findings::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
+        // A path prefix that matches many rows is read in id order from the
+        // primary key: the range of the path index would sort every match
+        // for each page. `file_path || ''` keeps the planner off that index.
+        // NOTE: a page then reads every row between two matches, so a long
+        // stretch of ids without a match (a large run in other folders)
+        // makes that page slow; BENCHMARKS.md measures it.
+        let walk_by_id = filter.file_path_prefix.is_some() && total >= MAX_COUNTED_ROWS;
+        let unprefixed = FindingFilter {
+            file_path_prefix: None,
+            ..filter.clone()
+        };
+        let mut query = if walk_by_id {
+            let prefix = filter.file_path_prefix.as_deref().unwrap_or_default();
+            let pattern = format!("{}%", escape_like(prefix));
+            filtered!(&unprefixed)
+                .filter(findings::file_path.concat("").like(pattern).escape('\\'))
+        } else {
+            filtered!(filter)
+        };
         if let Some(after) = page.after {
             query = query.filter(findings::id.gt(after.id));
         }

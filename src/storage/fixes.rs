@@ -7,7 +7,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{FixFindingRow, FixRow, FixWithFindings, NewFixRow};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::{code_analysis_results, error_handling_results as fixes, fix_findings};
 use super::{
     Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn,
@@ -226,7 +226,11 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<FixWithFindings>, StorageError> {
     let (total, rows) = with_conn!(conn, c => {
-        let total: i64 = filtered!(filter).count().get_result(c)?;
+        let total = filtered!(filter)
+            .select(fixes::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(fixes::id.gt(after.id));

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use diesel::prelude::*;
 
 use super::models::{CrewOutputRow, FindingRow, FixRow, FixWithFindings};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::{
     code_analysis_results as findings, crew_outputs, error_handling_results as fixes,
 };
@@ -30,7 +30,8 @@ pub struct HistoryEvent {
     pub crew_output: CrewOutputRow,
 }
 
-/// A page of history with the totals of each kind.
+/// A page of history with the totals of each kind, each counted up to
+/// `MAX_COUNTED_ROWS`.
 #[derive(Debug, Clone)]
 pub struct FileHistory {
     pub page: Page<HistoryEvent>,
@@ -85,14 +86,18 @@ pub fn file_history(
 ) -> Result<FileHistory, StorageError> {
     let limit = page.size + 1;
     let (finding_count, fix_count, finding_rows, fix_rows) = with_conn!(conn, c => {
-        let finding_count: i64 = findings::table
+        let finding_count = findings::table
             .filter(findings::file_path.eq(file_path))
-            .count()
-            .get_result(c)?;
-        let fix_count: i64 = fixes::table
+            .select(findings::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
+        let fix_count = fixes::table
             .filter(fixes::file_path.eq(file_path))
-            .count()
-            .get_result(c)?;
+            .select(fixes::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
 
         let mut finding_query = findings::table
             .filter(findings::file_path.eq(file_path))
@@ -100,12 +105,14 @@ pub fn file_history(
         let mut fix_query = fixes::table.filter(fixes::file_path.eq(file_path)).into_boxed();
         if let Some(after) = page.after {
             let (finding_id, fix_id) = ids_before(after.id);
-            finding_query = finding_query.filter(
+            // `created_at <= key` repeats what the second condition implies,
+            // as a range that the planner can read from the index.
+            finding_query = finding_query.filter(findings::created_at.le(after.key)).filter(
                 findings::created_at
                     .lt(after.key)
                     .or(findings::created_at.eq(after.key).and(findings::id.le(finding_id))),
             );
-            fix_query = fix_query.filter(
+            fix_query = fix_query.filter(fixes::created_at.le(after.key)).filter(
                 fixes::created_at
                     .lt(after.key)
                     .or(fixes::created_at.eq(after.key).and(fixes::id.le(fix_id))),

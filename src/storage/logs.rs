@@ -6,7 +6,7 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
 
 use super::models::{LogEntryRow, NewLogEntryRow};
-use super::paging::{Cursor, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
 use super::schema::{crew_outputs, log_entries};
 use super::{Conn, StorageError, findings::escape_like, transaction, with_conn};
 
@@ -284,10 +284,16 @@ pub fn query(
     page: PageRequest,
 ) -> Result<Page<LogEntryRow>, StorageError> {
     with_conn!(conn, c => {
-        let total: i64 = filtered!(filter).count().get_result(c)?;
+        let total = filtered!(filter)
+            .select(log_entries::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
-            query = query.filter(
+            // The first condition repeats what the second implies, as a
+            // range that the planner can read from an index.
+            query = query.filter(log_entries::timestamp.le(after.key)).filter(
                 log_entries::timestamp
                     .lt(after.key)
                     .or(log_entries::timestamp.eq(after.key).and(log_entries::id.lt(after.id))),

@@ -27,6 +27,7 @@ pub mod stats;
 pub mod tasks;
 mod writer;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -35,6 +36,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -315,6 +317,9 @@ pub struct Storage {
     pool: Pool,
     /// On SQLite, the thread that runs writes with group commit.
     writer: Option<writer::Writer>,
+    /// On PostgreSQL, permits for writes running at once: half the pool,
+    /// so that reads still find a connection while many writes queue.
+    write_permits: Option<Arc<Semaphore>>,
     /// Connection target of Diesel: a file path or a PostgreSQL URL.
     target: String,
     connection_timeout: Duration,
@@ -348,8 +353,11 @@ impl Storage {
                 Pool::Postgres(pool)
             }
         };
+        let write_permits = (backend == Backend::Postgres)
+            .then(|| Arc::new(Semaphore::new((options.max_size / 2).max(1) as usize)));
         let mut storage = Storage {
             writer: None,
+            write_permits,
             pool,
             target,
             connection_timeout: options.connection_timeout,
@@ -456,21 +464,31 @@ impl Storage {
     /// Runs `work`, which writes, like `run`. On SQLite, the writer thread
     /// runs it in a savepoint of a transaction shared with the other writes
     /// waiting at that moment (see `writer`); a caller waits at most the
-    /// pool timeout for a place in the queue.
+    /// pool timeout for a place in the queue. On PostgreSQL, at most half
+    /// the pool runs writes at once, and a caller waits at most the pool
+    /// timeout for its turn.
     pub async fn run_write<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,
         T: Send + 'static,
     {
-        match &self.writer {
-            Some(writer) => {
-                let caller = audit::current_caller();
-                writer
-                    .write(move |conn| audit::with_caller(caller, || work(conn)))
-                    .await
-            }
-            None => self.run_blocking(work).await,
+        if let Some(writer) = &self.writer {
+            let caller = audit::current_caller();
+            return writer
+                .write(move |conn| audit::with_caller(caller, || work(conn)))
+                .await;
         }
+        // The permit lives until the blocking call has returned.
+        let _permit = match &self.write_permits {
+            Some(permits) => Some(
+                tokio::time::timeout(self.connection_timeout, Arc::clone(permits).acquire_owned())
+                    .await
+                    .map_err(|_| StorageError::PoolTimeout(self.connection_timeout))?
+                    .map_err(|_| StorageError::Task("write permits closed".to_string()))?,
+            ),
+            None => None,
+        };
+        self.run_blocking(work).await
     }
 
     async fn run_blocking<T, F>(&self, work: F) -> Result<T, StorageError>

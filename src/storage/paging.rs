@@ -2,6 +2,12 @@
 //! a page. The next page starts strictly after it, so rows inserted meanwhile
 //! never shift a page and no query skips over earlier pages.
 
+/// Most rows a list counts for its total. Counting stops at this many
+/// matches, so the total of a filter that matches millions of rows costs no
+/// more than one that matches this many; a total equal to it means "this
+/// many or more".
+pub const MAX_COUNTED_ROWS: i64 = 10_000;
+
 /// Position after the last row of a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {

@@ -215,6 +215,7 @@ fn new_run(conn: &mut Conn, crew_name: &str) -> i64 {
         finished_at: Some(now),
         created_at: now,
         updated_at: now,
+        keep: 0,
     };
     code_analyzer::storage::crew_outputs::insert(conn, &row)
         .expect("cannot insert a run")

@@ -215,66 +215,50 @@ impl Metrics {
         counter(
             &mut out,
             "code_analyzer_requests_shed_total",
-            "Calls refused because the server was at its concurrent call limit.",
+            "Calls rejected because the server was at its concurrent call limit.",
             &self.requests_shed,
         );
-        header(
+        labelled(
             &mut out,
             "code_analyzer_auth_failures_total",
             "counter",
-            "Calls refused by authentication or authorization.",
+            "Calls rejected by authentication or authorization.",
+            "reason",
+            &[
+                ("unauthenticated", load(&self.unauthenticated)),
+                ("permission_denied", load(&self.permission_denied)),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "code_analyzer_auth_failures_total{{reason=\"unauthenticated\"}} {}",
-            self.unauthenticated.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "code_analyzer_auth_failures_total{{reason=\"permission_denied\"}} {}",
-            self.permission_denied.load(Ordering::Relaxed)
-        );
-
-        header(
+        labelled(
             &mut out,
             "code_analyzer_log_entries_ingested_total",
             "counter",
             "Log entries received by IngestLogs, by outcome.",
+            "result",
+            &[
+                ("accepted", load(&self.log_entries_accepted)),
+                ("duplicate", load(&self.log_entries_duplicate)),
+                ("rejected", load(&self.log_entries_rejected)),
+            ],
         );
-        for (result, value) in [
-            ("accepted", &self.log_entries_accepted),
-            ("duplicate", &self.log_entries_duplicate),
-            ("rejected", &self.log_entries_rejected),
-        ] {
-            let _ = writeln!(
-                out,
-                "code_analyzer_log_entries_ingested_total{{result=\"{result}\"}} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
 
         let pool = storage.pool_state();
-        header(
+        labelled(
             &mut out,
             "code_analyzer_db_pool_connections",
             "gauge",
             "Open database connections, by state.",
-        );
-        let _ = writeln!(
-            out,
-            "code_analyzer_db_pool_connections{{state=\"idle\"}} {}",
-            pool.idle
-        );
-        let _ = writeln!(
-            out,
-            "code_analyzer_db_pool_connections{{state=\"in_use\"}} {}",
-            pool.open.saturating_sub(pool.idle)
+            "state",
+            &[
+                ("idle", u64::from(pool.idle)),
+                ("in_use", u64::from(pool.open.saturating_sub(pool.idle))),
+            ],
         );
         header(
             &mut out,
             "code_analyzer_db_pool_max_connections",
             "gauge",
-            "Most connections the pool opens.",
+            "Maximum number of connections the pool opens.",
         );
         let _ = writeln!(out, "code_analyzer_db_pool_max_connections {}", pool.max);
         header(
@@ -321,24 +305,19 @@ impl Metrics {
             "Retention passes that stopped on an error.",
             &self.retention_failed_passes,
         );
-        header(
+        labelled(
             &mut out,
             "code_analyzer_retention_deleted_total",
             "counter",
             "Records deleted by retention, by record type.",
+            "record",
+            &[
+                ("log_entries", load(&self.retention_log_entries_deleted)),
+                ("crew_outputs", load(&self.retention_crew_outputs_deleted)),
+                ("findings", load(&self.retention_findings_deleted)),
+                ("fixes", load(&self.retention_fixes_deleted)),
+            ],
         );
-        for (record, value) in [
-            ("log_entries", &self.retention_log_entries_deleted),
-            ("crew_outputs", &self.retention_crew_outputs_deleted),
-            ("findings", &self.retention_findings_deleted),
-            ("fixes", &self.retention_fixes_deleted),
-        ] {
-            let _ = writeln!(
-                out,
-                "code_analyzer_retention_deleted_total{{record=\"{record}\"}} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
         out
     }
 }
@@ -350,7 +329,27 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
     header(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    let _ = writeln!(out, "{name} {}", load(value));
+}
+
+/// Writes a metric of `kind` with one sample for each value of its
+/// single label `label`.
+fn labelled(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, u64)],
+) {
+    header(out, name, kind, help);
+    for (value, sample) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {sample}");
+    }
+}
+
+fn load(value: &AtomicU64) -> u64 {
+    value.load(Ordering::Relaxed)
 }
 
 /// Returns the name that grpc-go gives a status code, such as `NotFound`;

@@ -381,7 +381,7 @@ impl Storage {
     /// Takes a connection from the pool, waiting at most the connection timeout.
     pub fn get(&self) -> Result<Conn, StorageError> {
         let timeout = StorageError::PoolTimeout(self.connection_timeout);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let conn = match &self.pool {
             Pool::Sqlite(pool) => pool.get().map(Conn::Sqlite).map_err(|_| timeout),
             Pool::Postgres(pool) => pool.get().map(Conn::Postgres).map_err(|_| timeout),

@@ -46,11 +46,12 @@ pub struct ServerOptions {
     pub tokens: Option<Arc<Tokens>>,
     /// TLS, and client certificate checks when it names client authorities.
     pub tls: Option<ServerTlsConfig>,
-    /// Most calls in progress at once; further calls are refused.
+    /// Maximum number of calls in progress at once; further calls are
+    /// rejected.
     pub max_concurrent_calls: usize,
     /// Deadline of unary calls whose client sets none.
     pub unary_timeout: Option<Duration>,
-    /// Time between HTTP/2 pings, and how long an answer may take.
+    /// Time between HTTP/2 pings, and how long the reply to one may take.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     /// Deletion of old records; off by default. Its `stats` are the

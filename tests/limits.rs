@@ -1,6 +1,6 @@
-//! Overload and lifecycle: calls past the concurrency limit are shed with a
-//! retry delay, unary calls meet the default deadline, a flood of log
-//! entries is slowed by HTTP/2 flow control instead of filling memory, and
+//! Overload and lifecycle. Calls past the concurrency limit are shed with a
+//! retry delay, and unary calls meet the default deadline. A flood of log
+//! entries is slowed by HTTP/2 flow control instead of filling memory.
 //! SIGTERM drains an open stream without losing what it acknowledged.
 
 mod common;
@@ -67,7 +67,7 @@ async fn wait_until_stored(server: &TestServer, entry_id: &str) {
 }
 
 async fn calls_past_the_limit_are_shed(mut server: TestServer) {
-    // Each stream holds its place from its first message until it ends.
+    // Each stream keeps its place from its first message until it ends.
     let (first, first_call) = open_log_stream(&server, "held-1");
     wait_until_stored(&server, "held-1").await;
     let (second, second_call) = open_log_stream(&server, "held-2");

@@ -94,8 +94,8 @@ fn database_status(error: DieselError) -> Status {
     }
 }
 
-/// The `kind` label of `code_analyzer_db_errors_total`; `None` for a
-/// missing row, which is an answer rather than an error.
+/// Returns the `kind` label of `code_analyzer_db_errors_total`, or `None`
+/// for a missing row, which is a result rather than an error.
 fn error_kind(error: &DieselError) -> Option<&'static str> {
     Some(match error {
         DieselError::NotFound => return None,

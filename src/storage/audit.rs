@@ -40,8 +40,8 @@ pub async fn acting_as<F: Future>(caller: Arc<str>, future: F) -> F::Output {
     CALLER.scope(caller, future).await
 }
 
-/// The caller of the current task, if it runs on behalf of one; read it
-/// before handing work to another thread.
+/// Returns the caller of the current task, if it runs on behalf of one.
+/// Read it before handing work to another thread.
 pub fn current_caller() -> Option<Arc<str>> {
     CALLER.try_with(Arc::clone).ok()
 }

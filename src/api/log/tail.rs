@@ -115,7 +115,7 @@ impl LiveLog {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes a follower. While this holds the gate exclusively, no
+    /// Subscribes a follower. While this call has the gate exclusively, no
     /// write is between its commit and its publication, so every write that
     /// commits after this call publishes to the new receiver.
     pub async fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEntry>> {

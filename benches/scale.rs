@@ -31,12 +31,15 @@ use tonic::transport::Channel;
 
 const USAGE: &str = "\
 Usage: cargo bench --bench scale -- [--backend sqlite|postgres|all] [--findings N] [--logs N]
-       [--clients N] [--ingest-rows N]
+       [--clients N] [--ingest-rows N] [--write-rate N] [--only NAME,...]
 
   --findings N     findings in the database before the scenarios (default 1000000)
   --logs N         log entries in the database before the scenarios (default 10000000)
   --clients N      concurrent clients of the read scenarios (default 4)
   --ingest-rows N  entries of the single-stream ingest, split over 32 streams after (default 320000)
+  --write-rate N   calls a second that the 64 paced writers send in all (default 200)
+  --only NAMES     scenarios to run, of history, list, logs, compare, import, writes, ingest
+                   (default all)
 
 Environment: CODE_ANALYZER_FIXTURES (default ../shared/fixtures next to Cargo.toml) and
 CODE_ANALYZER_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).";
@@ -63,6 +66,21 @@ struct Options {
     logs: usize,
     clients: usize,
     ingest_rows: usize,
+    write_rate: usize,
+    only: Option<Vec<String>>,
+}
+
+/// Scenario names that `--only` accepts, in the order they run.
+const SCENARIOS: [&str; 7] = [
+    "history", "list", "logs", "compare", "import", "writes", "ingest",
+];
+
+impl Options {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|name| name == scenario))
+    }
 }
 
 fn parse_options() -> Options {
@@ -72,6 +90,8 @@ fn parse_options() -> Options {
         logs: 10_000_000,
         clients: 4,
         ingest_rows: 320_000,
+        write_rate: 200,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -89,6 +109,14 @@ fn parse_options() -> Options {
             "--logs" => options.logs = number(value()),
             "--clients" => options.clients = number(value()).max(1),
             "--ingest-rows" => options.ingest_rows = number(value()).max(32),
+            "--write-rate" => options.write_rate = number(value()).max(1),
+            "--only" => {
+                let names: Vec<String> = value().split(',').map(str::to_string).collect();
+                if let Some(unknown) = names.iter().find(|name| !SCENARIOS.contains(&name.as_str())) {
+                    panic!("unknown scenario {unknown:?}\n\n{USAGE}");
+                }
+                options.only = Some(names);
+            }
             "--backend" => {
                 options.backends = match value().as_str() {
                     "sqlite" => vec!["sqlite"],
@@ -427,9 +455,18 @@ fn pick(seed: usize, len: usize) -> usize {
     (seed.wrapping_mul(0x9E37_79B9).wrapping_add(seed >> 3)) % len.max(1)
 }
 
-async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>) -> Outcome {
+/// 64 clients each create 20 runs and record 100 findings in each. Without
+/// `rate` each client sends its next call as soon as the last one returns,
+/// which measures how many calls the server completes at most. With `rate`
+/// (calls a second over all clients) each client starts a run on a fixed
+/// schedule, and a call's latency runs from its scheduled start, so a call
+/// that waits for the previous one of its client counts that wait too.
+async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>, rate: Option<usize>) -> Outcome {
     const CLIENTS: usize = 64;
     const RUNS_PER_CLIENT: usize = 20;
+    // Each run is two calls, so a client starts a run every `period`.
+    let period = rate.map(|rate| Duration::from_secs_f64(2.0 * CLIENTS as f64 / rate as f64));
+    let begin = Instant::now();
     let (latencies, elapsed) = run_clients(CLIENTS, |client| {
         let channel = channel.clone();
         let dataset = Arc::clone(dataset);
@@ -438,7 +475,16 @@ async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>) -> Outcome {
             let mut analysis = AnalysisServiceClient::new(channel);
             let mut latencies = Vec::new();
             for round in 0..RUNS_PER_CLIENT {
-                let started = Instant::now();
+                let started = match period {
+                    None => Instant::now(),
+                    Some(period) => {
+                        // Clients start their schedules spread over one period.
+                        let scheduled = begin
+                            + period.mul_f64(round as f64 + client as f64 / CLIENTS as f64);
+                        tokio::time::sleep_until(scheduled.into()).await;
+                        scheduled
+                    }
+                };
                 let run = crew
                     .create_crew_output(pb::CreateCrewOutputRequest {
                         crew_name: format!("bench-writer-{}", client % CREWS),
@@ -484,11 +530,21 @@ async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>) -> Outcome {
         }
     })
     .await;
+    let (scenario, target) = match rate {
+        None => (
+            "CreateCrewOutput + RecordFindings(100), 64 clients, unpaced".to_string(),
+            "capacity",
+        ),
+        Some(rate) => (
+            format!("CreateCrewOutput + RecordFindings(100), 64 clients, paced to {rate} calls/s"),
+            "p99 < 10 ms",
+        ),
+    };
     Outcome {
-        scenario: "CreateCrewOutput + RecordFindings(100), 64 clients".to_string(),
+        scenario,
         latencies,
         elapsed,
-        target: "p99 < 10 ms".to_string(),
+        target: target.to_string(),
         note: String::new(),
         peak_rss_kib: 0,
     }
@@ -1021,17 +1077,34 @@ async fn run_backend(backend: &str, options: &Options) {
         }
         outcomes.extend(batch);
     };
-    record(vec![
-        history_scenario(&channel, &dataset, options.clients).await,
-    ]);
-    record(list_findings_scenario(&channel, &dataset, options.clients).await);
-    record(vec![
-        query_logs_scenario(&channel, &dataset, options.clients).await,
-    ]);
-    record(vec![compare_scenario(&channel, &dataset).await]);
-    record(vec![import_scenario(&channel, &dataset).await]);
-    record(vec![write_scenario(&channel, &dataset).await]);
-    record(ingest_scenarios(&channel, &dataset, options.ingest_rows).await);
+    if options.runs("history") {
+        record(vec![
+            history_scenario(&channel, &dataset, options.clients).await,
+        ]);
+    }
+    if options.runs("list") {
+        record(list_findings_scenario(&channel, &dataset, options.clients).await);
+    }
+    if options.runs("logs") {
+        record(vec![
+            query_logs_scenario(&channel, &dataset, options.clients).await,
+        ]);
+    }
+    if options.runs("compare") {
+        record(vec![compare_scenario(&channel, &dataset).await]);
+    }
+    if options.runs("import") {
+        record(vec![import_scenario(&channel, &dataset).await]);
+    }
+    if options.runs("writes") {
+        record(vec![write_scenario(&channel, &dataset, None).await]);
+        record(vec![
+            write_scenario(&channel, &dataset, Some(options.write_rate)).await,
+        ]);
+    }
+    if options.runs("ingest") {
+        record(ingest_scenarios(&channel, &dataset, options.ingest_rows).await);
+    }
 
     sampling.store(false, Ordering::Relaxed);
     let sampled_kib = sampler.join().unwrap_or(0);

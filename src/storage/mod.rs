@@ -204,7 +204,9 @@ const APPLICATION_NAME: &str = "code-analyzer";
 /// that connections opened at the same time contend for), WAL so readers do
 /// not block the writer, `synchronous=FULL` so an acknowledged write survives
 /// a power loss, foreign keys for the cascading deletes, and case-sensitive
-/// `LIKE` to match PostgreSQL.
+/// `LIKE` to match PostgreSQL. Savepoint journals stay in memory: the
+/// writer runs each write in a savepoint, and a journal file would cost a
+/// file write for every page a write changes.
 #[derive(Debug)]
 struct SqlitePragmas {
     busy_timeout: Duration,
@@ -230,7 +232,8 @@ impl SqlitePragmas {
             }
         }
         conn.batch_execute(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON;",
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; \
+             PRAGMA temp_store = MEMORY;",
         )
     }
 }

@@ -507,7 +507,8 @@ async fn list_filters_by_run_path_and_rule(mut server: TestServer) {
         },
     )
     .await;
-    assert_eq!(by_prefix, vec![first[0].id, first[1].id, second[0].id]);
+    // A path filter lists by path, then in record order.
+    assert_eq!(by_prefix, vec![first[0].id, second[0].id, first[1].id]);
 
     let combined = list_ids(
         &mut server,
@@ -760,6 +761,136 @@ async fn list_pages_in_record_order(mut server: TestServer) {
     assert_eq!(seen, stored);
 }
 
+/// Reads every page of `request`, `page_size` findings at a time, and
+/// returns the ids of each page.
+async fn list_pages(
+    server: &mut TestServer,
+    mut request: pb::ListFindingsRequest,
+) -> Vec<Vec<i64>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = server
+            .analysis
+            .list_findings(request.clone())
+            .await
+            .expect("ListFindings failed")
+            .into_inner();
+        pages.push(page.findings.iter().map(|finding| finding.id).collect());
+        if page.next_page_token.is_empty() {
+            return pages;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+async fn list_by_path_pages_group_files(mut server: TestServer) {
+    let first_run = server.create_crew_output("ruff").await;
+    let second_run = server.create_crew_output("ruff").await;
+    let first = server
+        .record_findings(
+            first_run.id,
+            vec![
+                new_finding("src/b.py", "R", "m"),
+                new_finding("src/a.py", "R", "m"),
+                new_finding("src/c:d.py", "R", "m"),
+                new_finding("src/a.py", "R", "m"),
+                new_finding("lib/x.py", "R", "m"),
+            ],
+        )
+        .await;
+    let second = server
+        .record_findings(
+            second_run.id,
+            vec![
+                new_finding("src/a.py", "R", "m"),
+                new_finding("src/b.py", "R", "m"),
+                new_finding("src/B.py", "R", "m"),
+            ],
+        )
+        .await;
+
+    // Paths compare byte by byte ("B" before "a"), a file's findings stay
+    // in record order across runs, and a page boundary inside one file
+    // (and a path with a colon) continues where it stopped.
+    let pages = list_pages(
+        &mut server,
+        pb::ListFindingsRequest {
+            file_path_prefix: "src/".to_string(),
+            page_size: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        pages,
+        vec![
+            vec![second[2].id, first[1].id],
+            vec![first[3].id, second[0].id],
+            vec![first[0].id, second[1].id],
+            vec![first[2].id],
+        ]
+    );
+
+    let in_run = list_pages(
+        &mut server,
+        pb::ListFindingsRequest {
+            crew_output_id: first_run.id,
+            file_path_prefix: "src/".to_string(),
+            page_size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        in_run,
+        vec![
+            vec![first[1].id, first[3].id, first[0].id],
+            vec![first[2].id],
+        ]
+    );
+
+    let one_file = list_pages(
+        &mut server,
+        pb::ListFindingsRequest {
+            file_path: "src/a.py".to_string(),
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        one_file,
+        vec![vec![first[1].id], vec![first[3].id], vec![second[0].id]]
+    );
+
+    // A token of a listing by path is valid only for the same filters.
+    let page = server
+        .analysis
+        .list_findings(pb::ListFindingsRequest {
+            file_path_prefix: "src/".to_string(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = expect_error(
+        server
+            .analysis
+            .list_findings(pb::ListFindingsRequest {
+                file_path_prefix: "lib/".to_string(),
+                page_token: page.next_page_token,
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "page_token: is not a token this server issued for the same filters",
+    );
+}
+
 async fn list_paging_stable_under_inserts(mut server: TestServer) {
     let run = server.create_crew_output("ruff").await;
     let findings = (0..5)
@@ -979,6 +1110,7 @@ backend_tests! {
     list_filters_by_status,
     list_rejects_invalid_filters,
     list_pages_in_record_order,
+    list_by_path_pages_group_files,
     list_paging_stable_under_inserts,
     list_token_with_other_filters_invalid,
     update_dismissed_requires_reason,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::paging::{DEFAULT_PAGE_SIZE, encode_token, list_page, page_request};
+use super::paging::{self, DEFAULT_PAGE_SIZE, encode_token, list_page, page_request};
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
 use crate::fingerprint;
@@ -346,20 +346,35 @@ impl AnalysisService for AnalysisApi {
                 .map(|status| status as i32),
             rule_id: validate::filter_text("rule_id", &request.rule_id, MAX_NAME_BYTES)?,
         };
-        let listed = list_page(
-            &self.storage,
-            filter,
-            request.page_size,
-            &request.page_token,
-            DEFAULT_PAGE_SIZE,
-            findings::list,
-        )
-        .await?;
+        if filter.file_path.is_none() && filter.file_path_prefix.is_none() {
+            let listed = list_page(
+                &self.storage,
+                filter,
+                request.page_size,
+                &request.page_token,
+                DEFAULT_PAGE_SIZE,
+                findings::list,
+            )
+            .await?;
+            return Ok(Response::new(pb::ListFindingsResponse {
+                next_page_token: listed.next_page_token,
+                total_size: listed.total_size,
+                findings: listed.items.into_iter().map(convert::finding).collect(),
+            }));
+        }
 
+        let size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE)?;
+        let after = paging::decode_path_token(&filter, &request.page_token)?;
+        let query_filter = filter.clone();
+        let (rows, next, total_size) = self
+            .storage
+            .run(move |conn| findings::list_by_path(conn, &query_filter, size, after.as_ref()))
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::ListFindingsResponse {
-            next_page_token: listed.next_page_token,
-            total_size: listed.total_size,
-            findings: listed.items.into_iter().map(convert::finding).collect(),
+            next_page_token: paging::encode_path_token(&filter, next.as_ref()),
+            total_size,
+            findings: rows.into_iter().map(convert::finding).collect(),
         }))
     }
 

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::Status;
 
 use super::{invalid_argument, to_status};
+use crate::storage::findings::PathCursor;
 use crate::storage::paging::Page;
 use crate::storage::paging::{Cursor, PageRequest};
 use crate::storage::{Conn, Storage, StorageError};
@@ -123,6 +124,33 @@ pub fn decode_name_token(filter: &impl Debug, token: &str) -> Result<Option<Stri
     Ok(Some(name.to_string()))
 }
 
+/// Encodes the position after the last finding of a page listed by path.
+pub fn encode_path_token(filter: &impl Debug, last: Option<&PathCursor>) -> String {
+    let position = last.map(|cursor| format!("{}:{}:{}", cursor.created_at, cursor.id, cursor.file_path));
+    encode_name_token(filter, position.as_deref())
+}
+
+/// Decodes a token of `encode_path_token`; `Ok(None)` for an empty token.
+pub fn decode_path_token(filter: &impl Debug, token: &str) -> Result<Option<PathCursor>, Status> {
+    let Some(position) = decode_name_token(filter, token)? else {
+        return Ok(None);
+    };
+    let mut parts = position.splitn(3, ':');
+    let cursor = (|| {
+        Some(PathCursor {
+            created_at: parts.next()?.parse().ok()?,
+            id: parts.next()?.parse().ok()?,
+            file_path: parts.next()?.to_string(),
+        })
+    })();
+    cursor.map(Some).ok_or_else(|| {
+        invalid_argument(
+            "page_token",
+            "is not a token this server issued for the same filters",
+        )
+    })
+}
+
 /// Returns the page size of a list RPC from its `page_size` field.
 pub fn page_size(page_size: i32, default_size: i32) -> Result<i64, Status> {
     if page_size < 0 {
@@ -186,6 +214,23 @@ mod tests {
             error.message()
         );
         assert!(page_request(&(), 10, "garbage!", 50).is_err());
+    }
+
+    #[test]
+    fn path_token_round_trips_paths_with_colons() {
+        let cursor = PathCursor {
+            file_path: "C:/src/a:b.py".to_string(),
+            created_at: 1_700_000_000_000_000,
+            id: 42,
+        };
+        let token = encode_path_token(&("prefix", "C:/"), Some(&cursor));
+        let decoded = decode_path_token(&("prefix", "C:/"), &token).unwrap();
+        assert_eq!(decoded, Some(cursor));
+        assert_eq!(decode_path_token(&("prefix", "C:/"), "").unwrap(), None);
+        let error = decode_path_token(&("prefix", "D:/"), &token).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        let name_only = encode_name_token(&("prefix", "C:/"), Some("crew-a"));
+        assert!(decode_path_token(&("prefix", "C:/"), &name_only).is_err());
     }
 
     #[test]

@@ -146,7 +146,9 @@ macro_rules! filtered {
     }};
 }
 
-/// Lists findings in the order they were recorded (by id).
+/// Lists findings in the order they were recorded (by id). A filter by
+/// path (`file_path` or `file_path_prefix`) lists by path instead, see
+/// `list_by_path`.
 pub fn list(
     conn: &mut Conn,
     filter: &FindingFilter,
@@ -158,25 +160,7 @@ pub fn list(
             .limit(MAX_COUNTED_ROWS)
             .load::<i64>(c)?
             .len() as i64;
-        // A path prefix that matches many rows is read in id order from the
-        // primary key: the range of the path index would sort every match
-        // for each page. `file_path || ''` keeps the planner off that index.
-        // NOTE: a page then reads every row between two matches, so a long
-        // stretch of ids without a match (a large run in other folders)
-        // makes that page slow; BENCHMARKS.md measures it.
-        let walk_by_id = filter.file_path_prefix.is_some() && total >= MAX_COUNTED_ROWS;
-        let unprefixed = FindingFilter {
-            file_path_prefix: None,
-            ..filter.clone()
-        };
-        let mut query = if walk_by_id {
-            let prefix = filter.file_path_prefix.as_deref().unwrap_or_default();
-            let pattern = format!("{}%", escape_like(prefix));
-            filtered!(&unprefixed)
-                .filter(findings::file_path.concat("").like(pattern).escape('\\'))
-        } else {
-            filtered!(filter)
-        };
+        let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(findings::id.gt(after.id));
         }
@@ -189,6 +173,100 @@ pub fn list(
             key: row.id,
             id: row.id,
         }))
+    })
+}
+
+/// Position after the last finding of a page listed by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathCursor {
+    pub file_path: String,
+    pub created_at: i64,
+    pub id: i64,
+}
+
+impl PathCursor {
+    pub fn of(row: &FindingRow) -> PathCursor {
+        PathCursor {
+            file_path: row.file_path.clone(),
+            created_at: row.created_at,
+            id: row.id,
+        }
+    }
+}
+
+/// Lists findings by path, then by time and id: the findings of one file
+/// come together, oldest first. Paths compare byte by byte on both
+/// backends. The file history index (and the run and path index, with a
+/// run filter) returns rows in this order, so a page reads only the rows
+/// it returns, however many match and however deep the page.
+pub fn list_by_path(
+    conn: &mut Conn,
+    filter: &FindingFilter,
+    size: i64,
+    after: Option<&PathCursor>,
+) -> Result<(Vec<FindingRow>, Option<PathCursor>, i64), StorageError> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Bool, Text};
+
+    // SQLite compares text with memcmp. PostgreSQL compares with the
+    // collation of the database, so the order and the bounds use the
+    // byte-wise operators of text_pattern_ops, the operator class of its
+    // path indexes. `path >= P` is the start of the index range; within
+    // path P the scan skips index entries up to the cursor.
+    let (order, at_or_after, after_path) = match conn.backend() {
+        super::Backend::Sqlite => ("code_analysis_results.file_path", ">=", ">"),
+        super::Backend::Postgres => ("code_analysis_results.file_path USING ~<~", "~>=~", "~>~"),
+    };
+    with_conn!(conn, c => {
+        let total = filtered!(filter)
+            .select(findings::id)
+            .limit(MAX_COUNTED_ROWS)
+            .load::<i64>(c)?
+            .len() as i64;
+        let mut query = filtered!(filter);
+        match after {
+            None => {}
+            // One file: the index range starts at the cursor's time and id.
+            Some(cursor) if filter.file_path.is_some() => {
+                query = query.filter(
+                    sql::<Bool>("(code_analysis_results.created_at, code_analysis_results.id) > (")
+                        .bind::<BigInt, _>(cursor.created_at)
+                        .sql(", ")
+                        .bind::<BigInt, _>(cursor.id)
+                        .sql(")"),
+                );
+            }
+            Some(cursor) => {
+                query = query.filter(
+                    sql::<Bool>(&format!("code_analysis_results.file_path {at_or_after} "))
+                        .bind::<Text, _>(cursor.file_path.clone())
+                        .sql(&format!(" AND (code_analysis_results.file_path {after_path} "))
+                        .bind::<Text, _>(cursor.file_path.clone())
+                        .sql(" OR (code_analysis_results.file_path = ")
+                        .bind::<Text, _>(cursor.file_path.clone())
+                        .sql(
+                            " AND (code_analysis_results.created_at, code_analysis_results.id) > (",
+                        )
+                        .bind::<BigInt, _>(cursor.created_at)
+                        .sql(", ")
+                        .bind::<BigInt, _>(cursor.id)
+                        .sql(")))"),
+                );
+            }
+        }
+        let mut rows: Vec<FindingRow> = query
+            .order(sql::<Text>(order))
+            .then_order_by((findings::created_at.asc(), findings::id.asc()))
+            .limit(size + 1)
+            .select(FindingRow::as_select())
+            .load(c)?;
+        let next = if rows.len() as i64 > size {
+            rows.truncate(size.max(0) as usize);
+            rows.last().map(PathCursor::of)
+        } else {
+            None
+        };
+        Ok((rows, next, total))
     })
 }
 

@@ -476,7 +476,8 @@ class Client:
         page_size: int = 0,
     ) -> Iterator[analysis_pb2.Finding]:
         """Yield every finding that matches the filters, in the order they
-        were recorded, fetching the next page when the caller reaches it."""
+        were recorded (by file path first when a path filter is given),
+        fetching the next page when the caller reaches it."""
         request = analysis_pb2.ListFindingsRequest(
             page_size=page_size,
             crew_output_id=crew_output_id,

@@ -31,13 +31,14 @@ use tonic::transport::Channel;
 
 const USAGE: &str = "\
 Usage: cargo bench --bench scale -- [--backend sqlite|postgres|all] [--findings N] [--logs N]
-       [--clients N] [--ingest-rows N] [--write-rate N] [--only NAME,...]
+       [--clients N] [--ingest-rows N] [--write-rate N,...] [--only NAME,...]
 
   --findings N     findings in the database before the scenarios (default 1000000)
   --logs N         log entries in the database before the scenarios (default 10000000)
   --clients N      concurrent clients of the read scenarios (default 4)
   --ingest-rows N  entries of the single-stream ingest, split over 32 streams after (default 320000)
-  --write-rate N   calls a second that the 64 paced writers send in all (default 200)
+  --write-rate N,...  calls a second that the 64 paced writers send in all, one run per
+                   rate (default 100)
   --only NAMES     scenarios to run, of history, list, logs, compare, import, writes, ingest
                    (default all)
 
@@ -66,7 +67,7 @@ struct Options {
     logs: usize,
     clients: usize,
     ingest_rows: usize,
-    write_rate: usize,
+    write_rates: Vec<usize>,
     only: Option<Vec<String>>,
 }
 
@@ -90,7 +91,7 @@ fn parse_options() -> Options {
         logs: 10_000_000,
         clients: 4,
         ingest_rows: 320_000,
-        write_rate: 200,
+        write_rates: vec![100],
         only: None,
     };
     let mut args = std::env::args().skip(1);
@@ -109,7 +110,12 @@ fn parse_options() -> Options {
             "--logs" => options.logs = number(value()),
             "--clients" => options.clients = number(value()).max(1),
             "--ingest-rows" => options.ingest_rows = number(value()).max(32),
-            "--write-rate" => options.write_rate = number(value()).max(1),
+            "--write-rate" => {
+                options.write_rates = value()
+                    .split(',')
+                    .map(|rate| number(rate.to_string()).max(1))
+                    .collect()
+            }
             "--only" => {
                 let names: Vec<String> = value().split(',').map(str::to_string).collect();
                 if let Some(unknown) = names.iter().find(|name| !SCENARIOS.contains(&name.as_str())) {
@@ -1098,9 +1104,9 @@ async fn run_backend(backend: &str, options: &Options) {
     }
     if options.runs("writes") {
         record(vec![write_scenario(&channel, &dataset, None).await]);
-        record(vec![
-            write_scenario(&channel, &dataset, Some(options.write_rate)).await,
-        ]);
+        for &rate in &options.write_rates {
+            record(vec![write_scenario(&channel, &dataset, Some(rate)).await]);
+        }
     }
     if options.runs("ingest") {
         record(ingest_scenarios(&channel, &dataset, options.ingest_rows).await);

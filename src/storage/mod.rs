@@ -206,7 +206,14 @@ const APPLICATION_NAME: &str = "code-analyzer";
 /// a power loss, foreign keys for the cascading deletes, and case-sensitive
 /// `LIKE` to match PostgreSQL. Savepoint journals stay in memory: the
 /// writer runs each write in a savepoint, and a journal file would cost a
-/// file write for every page a write changes.
+/// file write for every page a write changes. The writer's checkpointer
+/// thread checkpoints the log after commits (see `writer`); a commit
+/// checkpoints only when the log holds `WAL_AUTOCHECKPOINT_PAGES`.
+/// Pages of write-ahead log (4 KiB each) at which a commit checkpoints by
+/// itself: ten times SQLite's default, as a bound for when the
+/// checkpointer thread falls behind.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
 #[derive(Debug)]
 struct SqlitePragmas {
     busy_timeout: Duration,
@@ -232,8 +239,11 @@ impl SqlitePragmas {
             }
         }
         conn.batch_execute(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; \
-             PRAGMA temp_store = MEMORY;",
+            &format!(
+                "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                 PRAGMA case_sensitive_like = ON; PRAGMA temp_store = MEMORY; \
+                 PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
+            ),
         )
     }
 }
@@ -424,15 +434,7 @@ impl Storage {
                 // A connection of its own, so that a file that is not a
                 // database fails here with SQLite's reason rather than as a
                 // pool timeout.
-                let mut conn = SqliteConnection::establish(&self.target).map_err(|error| {
-                    format!("cannot open the database {}: {error}", self.target)
-                })?;
-                let pragmas = SqlitePragmas {
-                    busy_timeout: self.connection_timeout,
-                };
-                pragmas.apply(&mut conn).map_err(|error| {
-                    format!("cannot open the database {}: {error}", self.target)
-                })?;
+                let mut conn = self.open_sqlite_connection()?;
                 version_names(conn.run_pending_migrations(SQLITE_MIGRATIONS))?
             }
             Backend::Postgres => {
@@ -451,6 +453,19 @@ impl Storage {
             }
         };
         Ok(applied)
+    }
+
+    /// Opens a SQLite connection outside the pool, with the pool's pragmas.
+    fn open_sqlite_connection(&self) -> Result<SqliteConnection, String> {
+        let mut conn = SqliteConnection::establish(&self.target)
+            .map_err(|error| format!("cannot open the database {}: {error}", self.target))?;
+        let pragmas = SqlitePragmas {
+            busy_timeout: self.connection_timeout,
+        };
+        pragmas
+            .apply(&mut conn)
+            .map_err(|error| format!("cannot open the database {}: {error}", self.target))?;
+        Ok(conn)
     }
 
     /// Runs `work`, which only reads, with a pooled connection on a blocking

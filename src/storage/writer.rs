@@ -8,11 +8,21 @@
 //! savepoint only, and every caller receives its result after the commit,
 //! so a write reported as stored is on disk. Under load many writes share
 //! one disk flush (group commit).
+//!
+//! A second thread checkpoints the write-ahead log after each commit,
+//! copying the committed pages into the database file on a connection of
+//! its own. The checkpoint is passive: it blocks neither the writer nor a
+//! reader. Left to SQLite, the commit that grows the log past 1,000 pages
+//! runs the checkpoint itself, and every write of that group waits for it
+//! (at a million findings, one call in ten took 20 ms instead of 6). When
+//! a checkpoint has copied the whole log before the next write begins,
+//! that write starts the log over, so the log stays small.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Conn, Storage, StorageError, transaction, with_conn};
@@ -50,9 +60,15 @@ impl Writer {
     /// Starts the writer thread for `storage`, which must be SQLite.
     pub fn start(storage: Storage, queue_timeout: Duration) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (committed, commits) = std_mpsc::sync_channel(1);
+        let checkpoint_storage = storage.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".to_string())
+            .spawn(move || checkpoint_after_commits(&checkpoint_storage, &commits))
+            .expect("cannot start the SQLite checkpoint thread");
         std::thread::Builder::new()
             .name("sqlite-writer".to_string())
-            .spawn(move || run(storage, queue))
+            .spawn(move || run(storage, queue, committed))
             .expect("cannot start the SQLite writer thread");
         Writer {
             jobs,
@@ -100,7 +116,7 @@ impl Writer {
 
 /// Runs the writer thread: waits for a write, takes the others already
 /// queued, and runs them in one transaction.
-fn run(storage: Storage, mut queue: mpsc::Receiver<Job>) {
+fn run(storage: Storage, mut queue: mpsc::Receiver<Job>, committed: std_mpsc::SyncSender<()>) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_WRITES_PER_COMMIT {
@@ -110,8 +126,35 @@ fn run(storage: Storage, mut queue: mpsc::Receiver<Job>) {
             }
         }
         commit_together(&storage, jobs);
+        // A signal still waiting covers this commit too.
+        let _ = committed.try_send(());
     }
     tracing::debug!("SQLite writer stopped");
+}
+
+/// Checkpoints after commits until the writer stops. A checkpoint that
+/// cannot copy every page (a reader still reads an older snapshot) copies
+/// what it can, and the next one the rest.
+fn checkpoint_after_commits(storage: &Storage, commits: &std_mpsc::Receiver<()>) {
+    let mut conn = None;
+    while commits.recv().is_ok() {
+        if conn.is_none() {
+            match storage.open_sqlite_connection() {
+                Ok(opened) => conn = Some(opened),
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot open the checkpoint connection");
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut()
+            && let Err(error) = c.batch_execute("PRAGMA wal_checkpoint(PASSIVE);")
+        {
+            tracing::warn!(error = %error, "checkpoint of the SQLite log failed");
+            conn = None;
+        }
+    }
+    tracing::debug!("SQLite checkpointer stopped");
 }
 
 fn commit_together(storage: &Storage, jobs: Vec<Job>) {

@@ -330,8 +330,9 @@ pub struct Storage {
     pool: Pool,
     /// On SQLite, the thread that runs writes with group commit.
     writer: Option<writer::Writer>,
-    /// On PostgreSQL, permits for writes running at once: half the pool,
-    /// so that reads still find a connection while many writes queue.
+    /// On PostgreSQL, permits for writes running at once: a quarter of the
+    /// pool, so that reads still find a connection, and the database's
+    /// CPU, while many writes queue.
     write_permits: Option<Arc<Semaphore>>,
     /// Connection target of Diesel: a file path or a PostgreSQL URL.
     target: String,
@@ -367,7 +368,7 @@ impl Storage {
             }
         };
         let write_permits = (backend == Backend::Postgres)
-            .then(|| Arc::new(Semaphore::new((options.max_size / 2).max(1) as usize)));
+            .then(|| Arc::new(Semaphore::new((options.max_size / 4).max(1) as usize)));
         let mut storage = Storage {
             writer: None,
             write_permits,
@@ -482,9 +483,9 @@ impl Storage {
     /// Runs `work`, which writes, like `run`. On SQLite, the writer thread
     /// runs it in a savepoint of a transaction shared with the other writes
     /// waiting at that moment (see `writer`); a caller waits at most the
-    /// pool timeout for a place in the queue. On PostgreSQL, at most half
-    /// the pool runs writes at once, and a caller waits at most the pool
-    /// timeout for its turn.
+    /// pool timeout for a place in the queue. On PostgreSQL, at most a
+    /// quarter of the pool runs writes at once, and a caller waits at most
+    /// the pool timeout for its turn.
     pub async fn run_write<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         F: FnOnce(&mut Conn) -> Result<T, StorageError> + Send + 'static,

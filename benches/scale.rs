@@ -465,8 +465,9 @@ fn pick(seed: usize, len: usize) -> usize {
 /// `rate` each client sends its next call as soon as the last one returns,
 /// which measures how many calls the server completes at most. With `rate`
 /// (calls a second over all clients) each client starts a run on a fixed
-/// schedule, and a call's latency runs from its scheduled start, so a call
-/// that waits for the previous one of its client counts that wait too.
+/// schedule. CreateCrewOutput is timed from the run's scheduled start, so
+/// a run that waits for the previous run of its client counts that wait
+/// too, and RecordFindings follows it at once.
 async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>, rate: Option<usize>) -> Outcome {
     const CLIENTS: usize = 64;
     const RUNS_PER_CLIENT: usize = 20;

@@ -384,7 +384,7 @@ fn hot_queries_use_indexes(backend: Backend) {
             },
         ),
         // PostgreSQL may sort the findings of one file after the cursor
-        // (about 40 here) instead of reading the index in order; the index
+        // (about 40 here) instead of reading the index in order. The index
         // condition bounds that sort to one file.
         (
             "ListFindings by file",

@@ -130,7 +130,8 @@ pub fn encode_path_token(filter: &impl Debug, last: Option<&PathCursor>) -> Stri
     encode_name_token(filter, position.as_deref())
 }
 
-/// Decodes a token of `encode_path_token`; `Ok(None)` for an empty token.
+/// Decodes a token of `encode_path_token`, or returns `Ok(None)` for an
+/// empty token.
 pub fn decode_path_token(filter: &impl Debug, token: &str) -> Result<Option<PathCursor>, Status> {
     let Some(position) = decode_name_token(filter, token)? else {
         return Ok(None);

@@ -194,6 +194,25 @@ impl PathCursor {
     }
 }
 
+/// Returns the smallest string above every string that starts with
+/// `prefix`, in byte order, or `None` when there is none. UTF-8 byte order
+/// is code point order, so the last character that has a successor is
+/// replaced by it and the characters after it dropped.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => 0xE000,
+            next => next,
+        };
+        if let Some(next) = char::from_u32(next) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// Lists findings by path, then by time and id: the findings of one file
 /// come together, oldest first. Paths compare byte by byte on both
 /// backends. The file history index (and the run and path index, with a
@@ -211,19 +230,61 @@ pub fn list_by_path(
     // SQLite compares text with memcmp. PostgreSQL compares with the
     // collation of the database, so the order and the bounds use the
     // byte-wise operators of text_pattern_ops, the operator class of its
-    // path indexes. `path >= P` is the start of the index range; within
-    // path P the scan skips index entries up to the cursor.
-    let (order, at_or_after, after_path) = match conn.backend() {
-        super::Backend::Sqlite => ("code_analysis_results.file_path", ">=", ">"),
-        super::Backend::Postgres => ("code_analysis_results.file_path USING ~<~", "~>=~", "~>~"),
+    // path indexes.
+    let (order, at_least, above, below) = match conn.backend() {
+        super::Backend::Sqlite => ("code_analysis_results.file_path", ">=", ">", "<"),
+        super::Backend::Postgres => (
+            "code_analysis_results.file_path USING ~<~",
+            "~>=~",
+            "~>~",
+            "~<~",
+        ),
     };
+    // A prefix is the range [prefix, prefix_end) rather than a LIKE
+    // pattern, and a cursor raises its start. A single lower bound lets
+    // SQLite start the index range at the cursor: given both a LIKE and a
+    // cursor bound, it kept the LIKE bound and read every entry from the
+    // prefix to the cursor (11 ms at 120,000 findings deep).
+    let prefix = filter.file_path_prefix.as_deref();
+    let lower = match (prefix, after) {
+        (Some(prefix), Some(cursor)) if filter.file_path.is_none() => {
+            Some(prefix.max(cursor.file_path.as_str()).to_string())
+        }
+        (Some(prefix), _) => Some(prefix.to_string()),
+        (None, Some(cursor)) if filter.file_path.is_none() => Some(cursor.file_path.clone()),
+        (None, _) => None,
+    };
+    let upper = prefix.and_then(prefix_end);
+    let unprefixed = FindingFilter {
+        file_path_prefix: None,
+        ..filter.clone()
+    };
+    macro_rules! in_range {
+        () => {{
+            let mut query = filtered!(&unprefixed);
+            if let Some(lower) = &lower {
+                query = query.filter(
+                    sql::<Bool>(&format!("code_analysis_results.file_path {at_least} "))
+                        .bind::<Text, _>(lower.clone()),
+                );
+            }
+            if let Some(upper) = &upper {
+                query = query.filter(
+                    sql::<Bool>(&format!("code_analysis_results.file_path {below} "))
+                        .bind::<Text, _>(upper.clone()),
+                );
+            }
+            query
+        }};
+    }
+
     with_conn!(conn, c => {
-        let total = filtered!(filter)
+        let total = in_range!()
             .select(findings::id)
             .limit(MAX_COUNTED_ROWS)
             .load::<i64>(c)?
             .len() as i64;
-        let mut query = filtered!(filter);
+        let mut query = in_range!();
         match after {
             None => {}
             // One file: the index range starts at the cursor's time and id.
@@ -236,11 +297,11 @@ pub fn list_by_path(
                         .sql(")"),
                 );
             }
+            // Within the cursor's path, the scan skips index entries up to
+            // the cursor.
             Some(cursor) => {
                 query = query.filter(
-                    sql::<Bool>(&format!("code_analysis_results.file_path {at_or_after} "))
-                        .bind::<Text, _>(cursor.file_path.clone())
-                        .sql(&format!(" AND (code_analysis_results.file_path {after_path} "))
+                    sql::<Bool>(&format!("(code_analysis_results.file_path {above} "))
                         .bind::<Text, _>(cursor.file_path.clone())
                         .sql(" OR (code_analysis_results.file_path = ")
                         .bind::<Text, _>(cursor.file_path.clone())
@@ -334,7 +395,17 @@ fn set_status(
 
 #[cfg(test)]
 mod tests {
-    use super::escape_like;
+    use super::{escape_like, prefix_end};
+
+    #[test]
+    fn prefix_end_follows_every_match() {
+        assert_eq!(prefix_end("lib/").as_deref(), Some("lib0"));
+        assert_eq!(prefix_end("src/é").as_deref(), Some("src/ê"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end(""), None);
+    }
 
     #[test]
     fn like_escapes_wildcards() {

@@ -199,21 +199,19 @@ const MIGRATION_LOCK_KEY: i64 = 0x636f_6465_616e_6c7a;
 /// `pg_stat_activity`, unless the URL sets `application_name`.
 const APPLICATION_NAME: &str = "code-analyzer";
 
-/// Sets the pragmas every SQLite connection needs: a busy timeout so writers
-/// queue instead of failing (first, because switching to WAL takes a lock
-/// that connections opened at the same time contend for), WAL so readers do
-/// not block the writer, `synchronous=FULL` so an acknowledged write survives
-/// a power loss, foreign keys for the cascading deletes, and case-sensitive
-/// `LIKE` to match PostgreSQL. Savepoint journals stay in memory: the
-/// writer runs each write in a savepoint, and a journal file would cost a
-/// file write for every page a write changes. The writer's checkpointer
-/// thread checkpoints the log after commits (see `writer`); a commit
-/// checkpoints only when the log holds `WAL_AUTOCHECKPOINT_PAGES`.
 /// Pages of write-ahead log (4 KiB each) at which a commit checkpoints by
 /// itself: ten times SQLite's default, as a bound for when the
 /// checkpointer thread falls behind.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
+/// Sets the pragmas every SQLite connection needs: a busy timeout so writers
+/// queue instead of failing (first, because switching to WAL takes a lock
+/// that connections opened at the same time contend for), WAL so readers do
+/// not block the writer, `synchronous=FULL` so an acknowledged write survives
+/// a power loss, foreign keys for the cascading deletes, and case-sensitive
+/// `LIKE` to match PostgreSQL. The writer's checkpointer thread checkpoints
+/// the log after commits (see `writer`), so a commit checkpoints by itself
+/// only when the log contains `WAL_AUTOCHECKPOINT_PAGES`.
 #[derive(Debug)]
 struct SqlitePragmas {
     busy_timeout: Duration,
@@ -241,7 +239,7 @@ impl SqlitePragmas {
         conn.batch_execute(
             &format!(
                 "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                 PRAGMA case_sensitive_like = ON; PRAGMA temp_store = MEMORY; \
+                 PRAGMA case_sensitive_like = ON; \
                  PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
             ),
         )

@@ -118,7 +118,10 @@ fn parse_options() -> Options {
             }
             "--only" => {
                 let names: Vec<String> = value().split(',').map(str::to_string).collect();
-                if let Some(unknown) = names.iter().find(|name| !SCENARIOS.contains(&name.as_str())) {
+                if let Some(unknown) = names
+                    .iter()
+                    .find(|name| !SCENARIOS.contains(&name.as_str()))
+                {
                     panic!("unknown scenario {unknown:?}\n\n{USAGE}");
                 }
                 options.only = Some(names);
@@ -486,8 +489,8 @@ async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>, rate: Option<
                     None => Instant::now(),
                     Some(period) => {
                         // Clients start their schedules spread over one period.
-                        let scheduled = begin
-                            + period.mul_f64(round as f64 + client as f64 / CLIENTS as f64);
+                        let scheduled =
+                            begin + period.mul_f64(round as f64 + client as f64 / CLIENTS as f64);
                         tokio::time::sleep_until(scheduled.into()).await;
                         scheduled
                     }

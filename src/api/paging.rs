@@ -126,7 +126,8 @@ pub fn decode_name_token(filter: &impl Debug, token: &str) -> Result<Option<Stri
 
 /// Encodes the position after the last finding of a page listed by path.
 pub fn encode_path_token(filter: &impl Debug, last: Option<&PathCursor>) -> String {
-    let position = last.map(|cursor| format!("{}:{}:{}", cursor.created_at, cursor.id, cursor.file_path));
+    let position =
+        last.map(|cursor| format!("{}:{}:{}", cursor.created_at, cursor.id, cursor.file_path));
     encode_name_token(filter, position.as_deref())
 }
 

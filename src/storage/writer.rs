@@ -7,7 +7,8 @@
 //! transaction, and commits once: a write that fails rolls back its own
 //! savepoint only, and every caller receives its result after the commit,
 //! so a write reported as stored is on disk. Under load many writes share
-//! one disk flush (group commit).
+//! one disk flush (group commit). A write that is alone in its transaction
+//! runs without savepoints, and a failure rolls back the transaction.
 //!
 //! A second thread checkpoints the write-ahead log after each commit,
 //! copying the committed pages into the database file on a connection of
@@ -25,7 +26,7 @@ use std::time::Duration;
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Conn, Storage, StorageError, transaction, with_conn};
+use super::{Conn, Storage, StorageError, transaction, with_conn, without_savepoints};
 
 /// Writes committed together at most, so one commit's latency stays small.
 const MAX_WRITES_PER_COMMIT: usize = 64;
@@ -39,15 +40,22 @@ const QUEUE_CAPACITY: usize = 1_024;
 type Finish = Box<dyn FnOnce(Option<String>) + Send>;
 
 /// Instruction for one write: run it, or reject it with an error without
-/// running it.
+/// running it. A write `alone` in its transaction runs without savepoints,
+/// and the writer rolls the transaction back when it fails.
 enum Run<'a> {
-    Execute(&'a mut Conn),
+    Execute { conn: &'a mut Conn, alone: bool },
     Reject(StorageError),
 }
 
-/// A write: runs in a savepoint and returns how to deliver its result, or
-/// delivers a rejection at once.
-type Job = Box<dyn FnOnce(Run<'_>) -> Option<Finish> + Send>;
+/// A write that ran: how to deliver its result, and whether it failed.
+struct Ran {
+    finish: Finish,
+    failed: bool,
+}
+
+/// A write: runs and returns how to deliver its result, or delivers a
+/// rejection at once.
+type Job = Box<dyn FnOnce(Run<'_>) -> Option<Ran> + Send>;
 
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
@@ -86,23 +94,31 @@ impl Writer {
         let (done, result) = oneshot::channel();
         let span = tracing::Span::current();
         let job: Job = Box::new(move |run: Run<'_>| {
-            let conn = match run {
-                Run::Execute(conn) => conn,
+            let (conn, alone) = match run {
+                Run::Execute { conn, alone } => (conn, alone),
                 Run::Reject(error) => {
                     let _ = done.send(Err(error));
                     return None;
                 }
             };
             let _entered = span.enter();
-            let outcome = catch_unwind(AssertUnwindSafe(|| transaction(conn, work)))
-                .unwrap_or_else(|_| Err(StorageError::Task("a write panicked".to_string())));
-            Some(Box::new(move |commit_error: Option<String>| {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                if alone {
+                    without_savepoints(|| work(conn))
+                } else {
+                    transaction(conn, work)
+                }
+            }))
+            .unwrap_or_else(|_| Err(StorageError::Task("a write panicked".to_string())));
+            let failed = outcome.is_err();
+            let finish = Box::new(move |commit_error: Option<String>| {
                 let outcome = match (outcome, commit_error) {
                     (Ok(_), Some(reason)) => Err(StorageError::Task(reason)),
                     (outcome, _) => outcome,
                 };
                 let _ = done.send(outcome);
-            }) as Finish)
+            }) as Finish;
+            Some(Ran { finish, failed })
         });
         tokio::time::timeout(self.queue_timeout, self.jobs.send(job))
             .await
@@ -184,10 +200,32 @@ fn commit_together(storage: &Storage, jobs: Vec<Job>) {
         return;
     }
 
-    let finishes: Vec<Finish> = jobs
+    // A write alone runs without savepoints (see `without_savepoints`), so
+    // when it fails the whole transaction rolls back. Writes that share the
+    // transaction each run in a savepoint, so that one failing rolls back
+    // its own changes only.
+    let alone = jobs.len() == 1;
+    let ran: Vec<Ran> = jobs
         .into_iter()
-        .filter_map(|job| job(Run::Execute(&mut conn)))
+        .filter_map(|job| {
+            job(Run::Execute {
+                conn: &mut conn,
+                alone,
+            })
+        })
         .collect();
+    if alone && ran.iter().any(|ran| ran.failed) {
+        if let Err(error) =
+            with_conn!(&mut conn, c => AnsiTransactionManager::rollback_transaction(c))
+        {
+            tracing::error!(error = %error, "rollback of a failed write failed");
+        }
+        for ran in ran {
+            (ran.finish)(None);
+        }
+        return;
+    }
+    let finishes: Vec<Finish> = ran.into_iter().map(|ran| ran.finish).collect();
     let committed = with_conn!(&mut conn, c => AnsiTransactionManager::commit_transaction(c));
     let commit_error = committed.err().map(|error| {
         tracing::error!(error = %error, writes = finishes.len(), "group commit failed");

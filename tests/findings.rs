@@ -34,21 +34,7 @@ fn with_priority(mut finding: pb::NewFinding, priority: Priority) -> pb::NewFind
 
 /// Lists every page of `request` and returns the finding ids in order.
 async fn list_ids(server: &mut TestServer, request: pb::ListFindingsRequest) -> Vec<i64> {
-    let mut ids = Vec::new();
-    let mut request = request;
-    loop {
-        let page = server
-            .analysis
-            .list_findings(request.clone())
-            .await
-            .expect("ListFindings failed")
-            .into_inner();
-        ids.extend(page.findings.iter().map(|finding| finding.id));
-        if page.next_page_token.is_empty() {
-            return ids;
-        }
-        request.page_token = page.next_page_token;
-    }
+    list_pages(server, request).await.concat()
 }
 
 async fn update_status(

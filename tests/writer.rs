@@ -98,7 +98,8 @@ async fn failed_write_in_group_keeps_others() {
         return;
     };
 
-    // Sixteen writes sent at once share group commits; every third fails.
+    // Sixteen writes sent at once, so most share a group commit. Every
+    // third write fails.
     let writes: Vec<_> = (0..16)
         .map(|index| {
             let storage = storage.clone();

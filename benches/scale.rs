@@ -31,7 +31,7 @@ use tonic::transport::Channel;
 
 const USAGE: &str = "\
 Usage: cargo bench --bench scale -- [--backend sqlite|postgres|all] [--findings N] [--logs N]
-       [--clients N] [--ingest-rows N] [--write-rate N,...] [--only NAME,...]
+       [--clients N] [--ingest-rows N] [--write-rate N,...] [--only NAME,...] [--keep]
 
   --findings N     findings in the database before the scenarios (default 1000000)
   --logs N         log entries in the database before the scenarios (default 10000000)
@@ -41,6 +41,8 @@ Usage: cargo bench --bench scale -- [--backend sqlite|postgres|all] [--findings 
                    rate (default 100)
   --only NAMES     scenarios to run, of history, list, logs, compare, import, writes, ingest
                    (default all)
+  --keep           keep the database after the run and print where it is, to read query
+                   plans on it (the default drops it)
 
 Environment: CODE_ANALYZER_FIXTURES (default ../shared/fixtures next to Cargo.toml) and
 CODE_ANALYZER_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).";
@@ -69,6 +71,7 @@ struct Options {
     ingest_rows: usize,
     write_rates: Vec<usize>,
     only: Option<Vec<String>>,
+    keep: bool,
 }
 
 /// Scenario names that `--only` accepts, in the order they run.
@@ -93,6 +96,7 @@ fn parse_options() -> Options {
         ingest_rows: 320_000,
         write_rates: vec![100],
         only: None,
+        keep: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -126,6 +130,7 @@ fn parse_options() -> Options {
                 }
                 options.only = Some(names);
             }
+            "--keep" => options.keep = true,
             "--backend" => {
                 options.backends = match value().as_str() {
                     "sqlite" => vec!["sqlite"],
@@ -459,6 +464,24 @@ where
     (latencies, started.elapsed())
 }
 
+/// Opens connections to the server under test. Each client of a scenario
+/// opens its own, as separate crews and people do, so that no client's
+/// calls wait behind another's messages on a shared HTTP/2 connection.
+#[derive(Clone)]
+struct Connector {
+    url: String,
+}
+
+impl Connector {
+    async fn connect(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .expect("valid server URL")
+            .connect()
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", self.url))
+    }
+}
+
 /// Returns a deterministic pseudo-random index below `len` for `seed`.
 fn pick(seed: usize, len: usize) -> usize {
     (seed.wrapping_mul(0x9E37_79B9).wrapping_add(seed >> 3)) % len.max(1)
@@ -471,16 +494,21 @@ fn pick(seed: usize, len: usize) -> usize {
 /// schedule. CreateCrewOutput is timed from the run's scheduled start, so
 /// a run that waits for the previous run of its client counts that wait
 /// too, and RecordFindings follows it at once.
-async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>, rate: Option<usize>) -> Outcome {
+async fn write_scenario(
+    server: &Connector,
+    dataset: &Arc<Dataset>,
+    rate: Option<usize>,
+) -> Outcome {
     const CLIENTS: usize = 64;
     const RUNS_PER_CLIENT: usize = 20;
     // Each run is two calls, so a client starts a run every `period`.
     let period = rate.map(|rate| Duration::from_secs_f64(2.0 * CLIENTS as f64 / rate as f64));
     let begin = Instant::now();
     let (latencies, elapsed) = run_clients(CLIENTS, |client| {
-        let channel = channel.clone();
+        let server = server.clone();
         let dataset = Arc::clone(dataset);
         async move {
+            let channel = server.connect().await;
             let mut crew = CrewServiceClient::new(channel.clone());
             let mut analysis = AnalysisServiceClient::new(channel);
             let mut latencies = Vec::new();
@@ -560,12 +588,13 @@ async fn write_scenario(channel: &Channel, dataset: &Arc<Dataset>, rate: Option<
     }
 }
 
-async fn history_scenario(channel: &Channel, dataset: &Arc<Dataset>, clients: usize) -> Outcome {
+async fn history_scenario(server: &Connector, dataset: &Arc<Dataset>, clients: usize) -> Outcome {
     const FILES_PER_CLIENT: usize = 60;
     let (latencies, elapsed) = run_clients(clients, |client| {
-        let mut analysis = AnalysisServiceClient::new(channel.clone());
+        let server = server.clone();
         let dataset = Arc::clone(dataset);
         async move {
+            let mut analysis = AnalysisServiceClient::new(server.connect().await);
             let mut latencies = Vec::new();
             for round in 0..FILES_PER_CLIENT {
                 let path =
@@ -605,15 +634,16 @@ async fn history_scenario(channel: &Channel, dataset: &Arc<Dataset>, clients: us
 }
 
 async fn list_findings_scenario(
-    channel: &Channel,
+    server: &Connector,
     dataset: &Arc<Dataset>,
     clients: usize,
 ) -> Vec<Outcome> {
     const PAGES_PER_CLIENT: usize = 150;
     let (per_client, elapsed) = run_clients_apart(clients, |client| {
-        let mut analysis = AnalysisServiceClient::new(channel.clone());
+        let server = server.clone();
         let dataset = Arc::clone(dataset);
         async move {
+            let mut analysis = AnalysisServiceClient::new(server.connect().await);
             let rule = dataset.rule_ids[pick(client, dataset.rule_ids.len())].clone();
             // Each client follows one filter's page tokens as deep as it can.
             let request = match client % 4 {
@@ -679,13 +709,18 @@ async fn list_findings_scenario(
         .collect()
 }
 
-async fn query_logs_scenario(channel: &Channel, dataset: &Arc<Dataset>, clients: usize) -> Outcome {
+async fn query_logs_scenario(
+    server: &Connector,
+    dataset: &Arc<Dataset>,
+    clients: usize,
+) -> Outcome {
     const QUERIES_PER_CLIENT: usize = 60;
     let span = (dataset.log_end_micros - LOG_START_MICROS).max(1);
     let (latencies, elapsed) = run_clients(clients, |client| {
-        let mut logs = LogServiceClient::new(channel.clone());
+        let server = server.clone();
         let dataset = Arc::clone(dataset);
         async move {
+            let mut logs = LogServiceClient::new(server.connect().await);
             let mut latencies = Vec::new();
             for round in 0..QUERIES_PER_CLIENT {
                 let seed = client * 104_729 + round;
@@ -730,8 +765,8 @@ async fn query_logs_scenario(channel: &Channel, dataset: &Arc<Dataset>, clients:
     }
 }
 
-async fn compare_scenario(channel: &Channel, dataset: &Arc<Dataset>) -> Outcome {
-    let mut analysis = AnalysisServiceClient::new(channel.clone());
+async fn compare_scenario(server: &Connector, dataset: &Arc<Dataset>) -> Outcome {
+    let mut analysis = AnalysisServiceClient::new(server.connect().await);
     let started = Instant::now();
     let mut latencies = Vec::new();
     let mut counts = String::new();
@@ -762,8 +797,8 @@ async fn compare_scenario(channel: &Channel, dataset: &Arc<Dataset>) -> Outcome 
     }
 }
 
-async fn import_scenario(channel: &Channel, dataset: &Arc<Dataset>) -> Outcome {
-    let mut analysis = AnalysisServiceClient::new(channel.clone());
+async fn import_scenario(server: &Connector, dataset: &Arc<Dataset>) -> Outcome {
+    let mut analysis = AnalysisServiceClient::new(server.connect().await);
     let started = Instant::now();
     let mut latencies = Vec::new();
     let mut counts = String::new();
@@ -806,13 +841,13 @@ async fn import_scenario(channel: &Channel, dataset: &Arc<Dataset>) -> Outcome {
 
 /// Streams `count` entries starting at `first` in messages of 1,000.
 async fn stream_entries(
-    channel: Channel,
+    server: Connector,
     lines: Arc<Vec<LogLine>>,
     prefix: String,
     first: usize,
     count: usize,
 ) -> Duration {
-    let mut logs = LogServiceClient::new(channel);
+    let mut logs = LogServiceClient::new(server.connect().await);
     let messages: Vec<pb::IngestLogsRequest> = (first..first + count)
         .collect::<Vec<_>>()
         .chunks(1_000)
@@ -848,25 +883,19 @@ async fn stream_entries(
     started.elapsed()
 }
 
-async fn ingest_scenarios(channel: &Channel, dataset: &Arc<Dataset>, rows: usize) -> Vec<Outcome> {
+async fn ingest_scenarios(server: &Connector, dataset: &Arc<Dataset>, rows: usize) -> Vec<Outcome> {
     let lines = Arc::new(fixture_log_lines());
-    let single = stream_entries(
-        channel.clone(),
-        Arc::clone(&lines),
-        "single".into(),
-        0,
-        rows,
-    )
-    .await;
+    let single = stream_entries(server.clone(), Arc::clone(&lines), "single".into(), 0, rows).await;
     let single_rate = rows as f64 / single.as_secs_f64();
 
     const STREAMS: usize = 32;
+    const READS_PER_SECOND: u32 = 50;
     let per_stream = rows / STREAMS;
     let started = Instant::now();
     let handles: Vec<_> = (0..STREAMS)
         .map(|stream| {
             tokio::spawn(stream_entries(
-                channel.clone(),
+                server.clone(),
                 Arc::clone(&lines),
                 "multi".into(),
                 stream * per_stream,
@@ -875,30 +904,44 @@ async fn ingest_scenarios(channel: &Channel, dataset: &Arc<Dataset>, rows: usize
         })
         .collect();
     // One reader reads file history while the streams write, to show
-    // whether writes starve reads.
+    // whether writes starve reads. It reads READS_PER_SECOND files a second,
+    // as a person or a dashboard would, so its own load leaves the streams
+    // their share of the two cores. It runs on its own thread and runtime,
+    // because on the bench's runtime its responses waited behind the
+    // streams' encoding.
     let streaming = Arc::new(AtomicBool::new(true));
     let reader = {
         let streaming = Arc::clone(&streaming);
         let dataset = Arc::clone(dataset);
-        let mut analysis = AnalysisServiceClient::new(channel.clone());
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut round = 0;
-            while streaming.load(Ordering::Relaxed) {
-                let path = &dataset.file_paths[pick(round, dataset.file_paths.len())];
-                let started = Instant::now();
-                analysis
-                    .get_file_history(pb::GetFileHistoryRequest {
-                        file_path: path.clone(),
-                        page_size: 0,
-                        page_token: String::new(),
-                    })
-                    .await
-                    .expect("GetFileHistory failed");
-                latencies.push(started.elapsed());
-                round += 1;
-            }
-            latencies
+        let server = server.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cannot start the reader's runtime");
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let mut analysis = AnalysisServiceClient::new(server.connect().await);
+                let mut latencies = Vec::new();
+                let mut round = 0;
+                let mut ticks = tokio::time::interval(Duration::from_secs(1) / READS_PER_SECOND);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while streaming.load(Ordering::Relaxed) {
+                    ticks.tick().await;
+                    let path = &dataset.file_paths[pick(round, dataset.file_paths.len())];
+                    let started = Instant::now();
+                    analysis
+                        .get_file_history(pb::GetFileHistoryRequest {
+                            file_path: path.clone(),
+                            page_size: 0,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .expect("GetFileHistory failed");
+                    latencies.push(started.elapsed());
+                    round += 1;
+                }
+                latencies
+            })
         })
     };
     let mut durations = Vec::new();
@@ -907,7 +950,10 @@ async fn ingest_scenarios(channel: &Channel, dataset: &Arc<Dataset>, rows: usize
     }
     let elapsed = started.elapsed();
     streaming.store(false, Ordering::Relaxed);
-    let reads = reader.await.expect("reader task failed");
+    let reads = tokio::task::spawn_blocking(move || reader.join())
+        .await
+        .expect("reader thread failed")
+        .expect("reader thread panicked");
     let total_rate = (per_stream * STREAMS) as f64 / elapsed.as_secs_f64();
     let rates: Vec<f64> = durations
         .iter()
@@ -977,11 +1023,12 @@ fn print_outcomes(backend: &str, outcomes: &[Outcome]) {
     }
 }
 
-/// A PostgreSQL database for one run, dropped afterwards.
+/// A PostgreSQL database for one run, dropped afterwards unless `keep`.
 struct PostgresDatabase {
     admin_url: String,
     name: String,
     url: String,
+    keep: bool,
 }
 
 impl PostgresDatabase {
@@ -1002,12 +1049,16 @@ impl PostgresDatabase {
             url: format!("{base}/{name}"),
             admin_url,
             name,
+            keep: false,
         })
     }
 }
 
 impl Drop for PostgresDatabase {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Ok(mut admin) = diesel::PgConnection::establish(&self.admin_url) {
             let _ = diesel::sql_query(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -1059,7 +1110,7 @@ async fn run_backend(backend: &str, options: &Options) {
 
     let server = ServeProcess::start_binary(&server_binary(), &url, &[]);
     let pid = server.pid();
-    let channel = server.channel().await;
+    let connector = Connector { url: server.url() };
     // Samples the server's resident memory while the scenarios run; each
     // scenario takes the largest sample since the one before it.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -1089,31 +1140,31 @@ async fn run_backend(backend: &str, options: &Options) {
     };
     if options.runs("history") {
         record(vec![
-            history_scenario(&channel, &dataset, options.clients).await,
+            history_scenario(&connector, &dataset, options.clients).await,
         ]);
     }
     if options.runs("list") {
-        record(list_findings_scenario(&channel, &dataset, options.clients).await);
+        record(list_findings_scenario(&connector, &dataset, options.clients).await);
     }
     if options.runs("logs") {
         record(vec![
-            query_logs_scenario(&channel, &dataset, options.clients).await,
+            query_logs_scenario(&connector, &dataset, options.clients).await,
         ]);
     }
     if options.runs("compare") {
-        record(vec![compare_scenario(&channel, &dataset).await]);
+        record(vec![compare_scenario(&connector, &dataset).await]);
     }
     if options.runs("import") {
-        record(vec![import_scenario(&channel, &dataset).await]);
+        record(vec![import_scenario(&connector, &dataset).await]);
     }
     if options.runs("writes") {
-        record(vec![write_scenario(&channel, &dataset, None).await]);
+        record(vec![write_scenario(&connector, &dataset, None).await]);
         for &rate in &options.write_rates {
-            record(vec![write_scenario(&channel, &dataset, Some(rate)).await]);
+            record(vec![write_scenario(&connector, &dataset, Some(rate)).await]);
         }
     }
     if options.runs("ingest") {
-        record(ingest_scenarios(&channel, &dataset, options.ingest_rows).await);
+        record(ingest_scenarios(&connector, &dataset, options.ingest_rows).await);
     }
 
     sampling.store(false, Ordering::Relaxed);
@@ -1127,6 +1178,15 @@ async fn run_backend(backend: &str, options: &Options) {
         sampled_kib as f64 / 1024.0
     );
     drop(server);
+    if options.keep {
+        match postgres.as_mut() {
+            Some(database) => database.keep = true,
+            None => {
+                let _kept_path = folder.keep();
+            }
+        }
+        println!("{backend}: the database is kept at {url}");
+    }
     drop(postgres);
 }
 

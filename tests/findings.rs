@@ -922,6 +922,69 @@ async fn list_paging_stable_under_inserts(mut server: TestServer) {
     assert_eq!(&seen[5..], &added[..], "rows added meanwhile come last");
 }
 
+/// Reads the `total_size` of each page of a listing, recording one more
+/// finding in `run` after the first page.
+async fn totals_by_page(
+    server: &mut TestServer,
+    mut request: pb::ListFindingsRequest,
+    run: i64,
+) -> Vec<i64> {
+    let mut totals = Vec::new();
+    loop {
+        let page = server
+            .analysis
+            .list_findings(request.clone())
+            .await
+            .expect("ListFindings failed")
+            .into_inner();
+        totals.push(page.total_size);
+        if page.next_page_token.is_empty() {
+            return totals;
+        }
+        if totals.len() == 1 {
+            server
+                .record_findings(run, vec![new_finding("src/z.py", "R", "m")])
+                .await;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+async fn later_pages_repeat_first_total(mut server: TestServer) {
+    let run = server.create_crew_output("ruff").await;
+    let findings = ["src/a.py", "src/b.py", "src/c.py", "src/d.py", "lib/e.py"]
+        .iter()
+        .map(|path| new_finding(path, "R", "m"))
+        .collect();
+    server.record_findings(run.id, findings).await;
+
+    // The first page counts; later pages repeat its count, although a
+    // finding was recorded after it.
+    let by_run = pb::ListFindingsRequest {
+        crew_output_id: run.id,
+        page_size: 2,
+        ..Default::default()
+    };
+    let totals = totals_by_page(&mut server, by_run.clone(), run.id).await;
+    assert_eq!(totals, vec![5, 5, 5]);
+
+    // By path prefix, each page reports the whole prefix, not the findings
+    // after its cursor.
+    let by_prefix = pb::ListFindingsRequest {
+        file_path_prefix: "src/".to_string(),
+        page_size: 2,
+        ..Default::default()
+    };
+    let totals = totals_by_page(&mut server, by_prefix.clone(), run.id).await;
+    assert_eq!(totals, vec![5, 5, 5]);
+
+    // A new listing counts again.
+    let totals = totals_by_page(&mut server, by_run, run.id).await;
+    assert_eq!(totals[0], 7);
+    let totals = totals_by_page(&mut server, by_prefix, run.id).await;
+    assert_eq!(totals[0], 7);
+}
+
 async fn list_token_with_other_filters_invalid(mut server: TestServer) {
     let run = server.create_crew_output("ruff").await;
     let findings = (0..3)
@@ -1098,6 +1161,7 @@ backend_tests! {
     list_pages_in_record_order,
     list_by_path_pages_group_files,
     list_paging_stable_under_inserts,
+    later_pages_repeat_first_total,
     list_token_with_other_filters_invalid,
     update_dismissed_requires_reason,
     update_walks_statuses,

@@ -319,6 +319,7 @@ fn hot_queries_use_indexes(backend: Backend) {
             key: 20_000,
             id: 20_000,
         }),
+        counted: None,
     };
     let findings_cases = [
         (
@@ -408,7 +409,8 @@ fn hot_queries_use_indexes(backend: Backend) {
     ];
     for (name, index, allowed, filter) in path_cases {
         check_plans(backend, &mut conn, name, index, allowed, |conn| {
-            findings::list_by_path(conn, &filter, 50, Some(&path_cursor)).expect("list failed")
+            findings::list_by_path(conn, &filter, 50, Some(&path_cursor), None)
+                .expect("list failed")
         });
     }
 
@@ -418,6 +420,7 @@ fn hot_queries_use_indexes(backend: Backend) {
             key: 40_000_000_000,
             id: 40_000,
         }),
+        counted: None,
     };
     let log_cases = [
         (
@@ -469,6 +472,7 @@ fn hot_queries_use_indexes(backend: Backend) {
             key: 30_000_000,
             id: 60_000,
         }),
+        counted: None,
     };
     // As for ListFindings by file, PostgreSQL may sort the few records of
     // one file that its index condition selects.

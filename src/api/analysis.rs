@@ -364,15 +364,18 @@ impl AnalysisService for AnalysisApi {
         }
 
         let size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE)?;
-        let after = paging::decode_path_token(&filter, &request.page_token)?;
+        let (after, counted) = paging::decode_path_token(&filter, &request.page_token)?
+            .map_or((None, None), |(cursor, total)| (Some(cursor), total));
         let query_filter = filter.clone();
         let (rows, next, total_size) = self
             .storage
-            .run(move |conn| findings::list_by_path(conn, &query_filter, size, after.as_ref()))
+            .run(move |conn| {
+                findings::list_by_path(conn, &query_filter, size, after.as_ref(), counted)
+            })
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ListFindingsResponse {
-            next_page_token: paging::encode_path_token(&filter, next.as_ref()),
+            next_page_token: paging::encode_path_token(&filter, next.as_ref(), total_size),
             total_size,
             findings: rows.into_iter().map(convert::finding).collect(),
         }))
@@ -444,7 +447,8 @@ impl AnalysisService for AnalysisApi {
             .map_err(to_status)?;
 
         Ok(Response::new(pb::GetFileHistoryResponse {
-            next_page_token: encode_token(&file_path, found.page.next),
+            // The finding and fix counts are counted on every page.
+            next_page_token: encode_token(&file_path, found.page.next, None),
             total_size: found.page.total,
             finding_count: found.finding_count,
             fix_count: found.fix_count,
@@ -513,12 +517,14 @@ impl AnalysisService for AnalysisApi {
         let next_page_token = if entries.len() > page.size as usize {
             entries.truncate(page.size as usize);
             let (kind, id, _) = entries[entries.len() - 1];
+            // The comparison is computed for every page, and its total with it.
             encode_token(
                 &token_filter,
                 Some(Cursor {
                     key: kind as i64,
                     id,
                 }),
+                None,
             )
         } else {
             String::new()

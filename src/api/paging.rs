@@ -1,6 +1,7 @@
-//! Page sizes and opaque page tokens. A token encodes the keyset cursor and
-//! a hash of the filters it was made with, so a token reused with other
-//! filters is rejected instead of returning a wrong page.
+//! Page sizes and opaque page tokens. A token encodes the keyset cursor,
+//! the total that the first page counted, and a hash of the filters it was
+//! made with, so a token reused with other filters is rejected instead of
+//! returning a wrong page.
 
 use std::fmt::Debug;
 
@@ -48,7 +49,7 @@ where
         .await
         .map_err(to_status)?;
     Ok(Listed {
-        next_page_token: encode_token(&filter, found.next),
+        next_page_token: encode_token(&filter, found.next, Some(found.total)),
         total_size: found.total,
         items: found.items,
     })
@@ -65,31 +66,38 @@ fn filter_hash(filter: &impl Debug) -> u64 {
     fnv1a(format!("{filter:?}").as_bytes())
 }
 
-pub fn encode_token(filter: &impl Debug, cursor: Option<Cursor>) -> String {
-    match cursor {
-        None => String::new(),
-        Some(cursor) => {
-            let raw = format!(
-                "v1:{:016x}:{}:{}",
-                filter_hash(filter),
-                cursor.key,
-                cursor.id
-            );
-            URL_SAFE_NO_PAD.encode(raw)
-        }
-    }
+/// Encodes the cursor of the next page and, when the listing has one, the
+/// total that later pages repeat.
+pub fn encode_token(filter: &impl Debug, cursor: Option<Cursor>, total: Option<i64>) -> String {
+    let Some(cursor) = cursor else {
+        return String::new();
+    };
+    let hash = filter_hash(filter);
+    let raw = match total {
+        Some(total) => format!("v2:{hash:016x}:{}:{}:{total}", cursor.key, cursor.id),
+        None => format!("v1:{hash:016x}:{}:{}", cursor.key, cursor.id),
+    };
+    URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_token(filter: &impl Debug, token: &str) -> Option<Cursor> {
+/// Decodes a token of `encode_token` into its cursor and total. A `v1`
+/// token carries no total, so its page counts again.
+fn decode_token(filter: &impl Debug, token: &str) -> Option<(Cursor, Option<i64>)> {
     let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
     let mut parts = raw.split(':');
-    if parts.next()? != "v1" {
-        return None;
-    }
+    let with_total = match parts.next()? {
+        "v1" => false,
+        "v2" => true,
+        _ => return None,
+    };
     let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
     let key = parts.next()?.parse().ok()?;
     let id = parts.next()?.parse().ok()?;
-    (parts.next().is_none() && hash == filter_hash(filter)).then_some(Cursor { key, id })
+    let total = match with_total {
+        true => Some(parts.next()?.parse().ok()?),
+        false => None,
+    };
+    (parts.next().is_none() && hash == filter_hash(filter)).then_some((Cursor { key, id }, total))
 }
 
 /// Encodes the last name of a page ordered by name.
@@ -124,33 +132,72 @@ pub fn decode_name_token(filter: &impl Debug, token: &str) -> Result<Option<Stri
     Ok(Some(name.to_string()))
 }
 
-/// Encodes the position after the last finding of a page listed by path.
-pub fn encode_path_token(filter: &impl Debug, last: Option<&PathCursor>) -> String {
-    let position =
-        last.map(|cursor| format!("{}:{}:{}", cursor.created_at, cursor.id, cursor.file_path));
-    encode_name_token(filter, position.as_deref())
+/// Encodes the position after the last finding of a page listed by path,
+/// and the total that later pages repeat. The path comes last because it
+/// may contain colons.
+pub fn encode_path_token(filter: &impl Debug, last: Option<&PathCursor>, total: i64) -> String {
+    let Some(cursor) = last else {
+        return String::new();
+    };
+    let raw = format!(
+        "p1:{:016x}:{}:{}:{total}:{}",
+        filter_hash(filter),
+        cursor.created_at,
+        cursor.id,
+        cursor.file_path
+    );
+    URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// Decodes a token of `encode_path_token`, or returns `Ok(None)` for an
-/// empty token.
-pub fn decode_path_token(filter: &impl Debug, token: &str) -> Result<Option<PathCursor>, Status> {
-    let Some(position) = decode_name_token(filter, token)? else {
+/// Decodes a token of `encode_path_token` into its cursor and total, or
+/// returns `Ok(None)` for an empty token. A name token with the position,
+/// as earlier servers issued, has no total.
+pub fn decode_path_token(
+    filter: &impl Debug,
+    token: &str,
+) -> Result<Option<(PathCursor, Option<i64>)>, Status> {
+    if token.is_empty() {
         return Ok(None);
-    };
-    let mut parts = position.splitn(3, ':');
-    let cursor = (|| {
-        Some(PathCursor {
-            created_at: parts.next()?.parse().ok()?,
-            id: parts.next()?.parse().ok()?,
-            file_path: parts.next()?.to_string(),
-        })
-    })();
-    cursor.map(Some).ok_or_else(|| {
+    }
+    let invalid = || {
         invalid_argument(
             "page_token",
             "is not a token this server issued for the same filters",
         )
-    })
+    };
+    let raw = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(invalid)?;
+    let (with_total, rest) = if let Some(rest) = raw.strip_prefix("p1:") {
+        (true, rest)
+    } else if let Some(rest) = raw.strip_prefix("n1:") {
+        (false, rest)
+    } else {
+        return Err(invalid());
+    };
+    let (hash, position) = rest.split_once(':').ok_or_else(invalid)?;
+    if u64::from_str_radix(hash, 16).ok() != Some(filter_hash(filter)) {
+        return Err(invalid());
+    }
+    let fields = if with_total { 4 } else { 3 };
+    let mut parts = position.splitn(fields, ':');
+    let decoded = (|| {
+        let created_at = parts.next()?.parse().ok()?;
+        let id = parts.next()?.parse().ok()?;
+        let total = match with_total {
+            true => Some(parts.next()?.parse().ok()?),
+            false => None,
+        };
+        let cursor = PathCursor {
+            file_path: parts.next()?.to_string(),
+            created_at,
+            id,
+        };
+        Some((cursor, total))
+    })();
+    decoded.map(Some).ok_or_else(invalid)
 }
 
 /// Returns the page size of a list RPC from its `page_size` field.
@@ -176,17 +223,24 @@ pub fn page_request(
     default_size: i32,
 ) -> Result<PageRequest, Status> {
     let size = self::page_size(page_size, default_size)?;
-    let after = if page_token.is_empty() {
-        None
-    } else {
-        Some(decode_token(filter, page_token).ok_or_else(|| {
-            invalid_argument(
-                "page_token",
-                "is not a token this server issued for the same filters",
-            )
-        })?)
-    };
-    Ok(PageRequest { size, after })
+    if page_token.is_empty() {
+        return Ok(PageRequest {
+            size,
+            after: None,
+            counted: None,
+        });
+    }
+    let (after, counted) = decode_token(filter, page_token).ok_or_else(|| {
+        invalid_argument(
+            "page_token",
+            "is not a token this server issued for the same filters",
+        )
+    })?;
+    Ok(PageRequest {
+        size,
+        after: Some(after),
+        counted,
+    })
 }
 
 #[cfg(test)]
@@ -199,15 +253,29 @@ mod tests {
             key: 1_700_000_000_000_000,
             id: 42,
         };
-        let token = encode_token(&("crew", 3), Some(cursor));
+        let token = encode_token(&("crew", 3), Some(cursor), Some(1_234));
         let request = page_request(&("crew", 3), 10, &token, 50).unwrap();
         assert_eq!(request.after, Some(cursor));
+        assert_eq!(request.counted, Some(1_234));
         assert_eq!(request.size, 10);
     }
 
     #[test]
+    fn token_without_total_counts_again() {
+        let cursor = Cursor { key: 7, id: 9 };
+        let token = encode_token(&"file.py", Some(cursor), None);
+        let request = page_request(&"file.py", 10, &token, 50).unwrap();
+        assert_eq!(request.after, Some(cursor));
+        assert_eq!(request.counted, None);
+
+        let first_page = page_request(&"file.py", 10, "", 50).unwrap();
+        assert_eq!(first_page.after, None);
+        assert_eq!(first_page.counted, None);
+    }
+
+    #[test]
     fn token_with_other_filter_is_rejected() {
-        let token = encode_token(&("crew", 3), Some(Cursor { key: 1, id: 1 }));
+        let token = encode_token(&("crew", 3), Some(Cursor { key: 1, id: 1 }), Some(5));
         let error = page_request(&("crew", 4), 10, &token, 50).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert!(
@@ -225,10 +293,17 @@ mod tests {
             created_at: 1_700_000_000_000_000,
             id: 42,
         };
-        let token = encode_path_token(&("prefix", "C:/"), Some(&cursor));
+        let token = encode_path_token(&("prefix", "C:/"), Some(&cursor), 321);
         let decoded = decode_path_token(&("prefix", "C:/"), &token).unwrap();
-        assert_eq!(decoded, Some(cursor));
+        assert_eq!(decoded, Some((cursor.clone(), Some(321))));
         assert_eq!(decode_path_token(&("prefix", "C:/"), "").unwrap(), None);
+
+        // A name token with the position, as earlier servers issued, has no total.
+        let position = format!("{}:{}:{}", cursor.created_at, cursor.id, cursor.file_path);
+        let earlier = encode_name_token(&("prefix", "C:/"), Some(&position));
+        let decoded = decode_path_token(&("prefix", "C:/"), &earlier).unwrap();
+        assert_eq!(decoded, Some((cursor, None)));
+
         let error = decode_path_token(&("prefix", "D:/"), &token).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         let name_only = encode_name_token(&("prefix", "C:/"), Some("crew-a"));

@@ -239,11 +239,14 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<AuditEventRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = filtered!(filter)
-            .select(audit_events::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
+        let total = match page.counted {
+            Some(total) => total,
+            None => filtered!(filter)
+                .select(audit_events::id)
+                .limit(MAX_COUNTED_ROWS)
+                .load::<i64>(c)?
+                .len() as i64,
+        };
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(audit_events::id.lt(after.id));

@@ -188,11 +188,14 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<CrewOutputRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = filtered!(filter)
-            .select(crew_outputs::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
+        let total = match page.counted {
+            Some(total) => total,
+            None => filtered!(filter)
+                .select(crew_outputs::id)
+                .limit(MAX_COUNTED_ROWS)
+                .load::<i64>(c)?
+                .len() as i64,
+        };
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(crew_outputs::id.lt(after.id));

@@ -155,11 +155,14 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<FindingRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = filtered!(filter)
-            .select(findings::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
+        let total = match page.counted {
+            Some(total) => total,
+            None => filtered!(filter)
+                .select(findings::id)
+                .limit(MAX_COUNTED_ROWS)
+                .load::<i64>(c)?
+                .len() as i64,
+        };
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(findings::id.gt(after.id));
@@ -217,12 +220,14 @@ pub fn prefix_end(prefix: &str) -> Option<String> {
 /// come together, oldest first. Paths compare byte by byte on both
 /// backends. The file history index (and the run and path index, with a
 /// run filter) returns rows in this order, so a page reads only the rows
-/// it returns, however many match and however deep the page.
+/// it returns, however many match and however deep the page. `counted` is
+/// the total that the listing's first page counted.
 pub fn list_by_path(
     conn: &mut Conn,
     filter: &FindingFilter,
     size: i64,
     after: Option<&PathCursor>,
+    counted: Option<i64>,
 ) -> Result<(Vec<FindingRow>, Option<PathCursor>, i64), StorageError> {
     use diesel::dsl::sql;
     use diesel::sql_types::{BigInt, Bool, Text};
@@ -260,12 +265,12 @@ pub fn list_by_path(
         ..filter.clone()
     };
     macro_rules! in_range {
-        () => {{
+        ($lower:expr) => {{
             let mut query = filtered!(&unprefixed);
-            if let Some(lower) = &lower {
+            if let Some(lower) = $lower {
                 query = query.filter(
                     sql::<Bool>(&format!("code_analysis_results.file_path {at_least} "))
-                        .bind::<Text, _>(lower.clone()),
+                        .bind::<Text, _>(lower.to_string()),
                 );
             }
             if let Some(upper) = &upper {
@@ -279,12 +284,16 @@ pub fn list_by_path(
     }
 
     with_conn!(conn, c => {
-        let total = in_range!()
-            .select(findings::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
-        let mut query = in_range!();
+        // The total counts the whole prefix, not the rest after the cursor.
+        let total = match counted {
+            Some(total) => total,
+            None => in_range!(prefix)
+                .select(findings::id)
+                .limit(MAX_COUNTED_ROWS)
+                .load::<i64>(c)?
+                .len() as i64,
+        };
+        let mut query = in_range!(lower.as_deref());
         match after {
             None => {}
             // One file: the index range starts at the cursor's time and id.

@@ -226,11 +226,14 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<FixWithFindings>, StorageError> {
     let (total, rows) = with_conn!(conn, c => {
-        let total = filtered!(filter)
-            .select(fixes::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
+        let total = match page.counted {
+            Some(total) => total,
+            None => filtered!(filter)
+                .select(fixes::id)
+                .limit(MAX_COUNTED_ROWS)
+                .load::<i64>(c)?
+                .len() as i64,
+        };
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(fixes::id.gt(after.id));

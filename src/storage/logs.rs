@@ -284,11 +284,14 @@ pub fn query(
     page: PageRequest,
 ) -> Result<Page<LogEntryRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = filtered!(filter)
-            .select(log_entries::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
+        let total = match page.counted {
+            Some(total) => total,
+            None => filtered!(filter)
+                .select(log_entries::id)
+                .limit(MAX_COUNTED_ROWS)
+                .load::<i64>(c)?
+                .len() as i64,
+        };
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             // The first condition repeats what the second implies, as a

@@ -17,11 +17,16 @@ pub struct Cursor {
     pub id: i64,
 }
 
-/// Page to read: its size and the cursor it starts after.
+/// Page to read: its size, the cursor it starts after, and the total that
+/// the first page of the listing counted.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest {
     pub size: i64,
     pub after: Option<Cursor>,
+    /// Total of the listing, counted when its first page was read. Later
+    /// pages repeat it instead of counting again, so a deep page costs no
+    /// count, and every page of one listing reports the same total.
+    pub counted: Option<i64>,
 }
 
 /// One page of rows and the cursor of the next page, if there is one.

@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::models::{AuditEventRow, NewAuditEventRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
 use super::schema::audit_events;
 use super::{Conn, StorageError, now_micros, with_conn};
 
@@ -239,14 +239,12 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<AuditEventRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = match page.counted {
-            Some(total) => total,
-            None => filtered!(filter)
+        let total = total_or_count(page.counted, || {
+            filtered!(filter)
                 .select(audit_events::id)
                 .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)?
-                .len() as i64,
-        };
+                .load::<i64>(c)
+        })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(audit_events::id.lt(after.id));

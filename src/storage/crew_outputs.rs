@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{CrewOutputRow, NewCrewOutputRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
 use super::schema::{
     code_analysis_results as findings, crew_outputs, error_handling_results as fixes, fix_findings,
     log_entries,
@@ -188,14 +188,12 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<CrewOutputRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = match page.counted {
-            Some(total) => total,
-            None => filtered!(filter)
+        let total = total_or_count(page.counted, || {
+            filtered!(filter)
                 .select(crew_outputs::id)
                 .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)?
-                .len() as i64,
-        };
+                .load::<i64>(c)
+        })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(crew_outputs::id.lt(after.id));

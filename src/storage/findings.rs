@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{FindingRow, NewFindingRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
 use super::schema::code_analysis_results as findings;
 use super::{
     Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, state, transaction,
@@ -155,14 +155,12 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<FindingRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = match page.counted {
-            Some(total) => total,
-            None => filtered!(filter)
+        let total = total_or_count(page.counted, || {
+            filtered!(filter)
                 .select(findings::id)
                 .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)?
-                .len() as i64,
-        };
+                .load::<i64>(c)
+        })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(findings::id.gt(after.id));
@@ -285,14 +283,12 @@ pub fn list_by_path(
 
     with_conn!(conn, c => {
         // The total counts the whole prefix, not the rest after the cursor.
-        let total = match counted {
-            Some(total) => total,
-            None => in_range!(prefix)
+        let total = total_or_count(counted, || {
+            in_range!(prefix)
                 .select(findings::id)
                 .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)?
-                .len() as i64,
-        };
+                .load::<i64>(c)
+        })?;
         let mut query = in_range!(lower.as_deref());
         match after {
             None => {}

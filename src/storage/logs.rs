@@ -6,7 +6,7 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
 
 use super::models::{LogEntryRow, NewLogEntryRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
 use super::schema::{crew_outputs, log_entries};
 use super::{Conn, StorageError, findings::escape_like, transaction, with_conn};
 
@@ -284,14 +284,12 @@ pub fn query(
     page: PageRequest,
 ) -> Result<Page<LogEntryRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = match page.counted {
-            Some(total) => total,
-            None => filtered!(filter)
+        let total = total_or_count(page.counted, || {
+            filtered!(filter)
                 .select(log_entries::id)
                 .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)?
-                .len() as i64,
-        };
+                .load::<i64>(c)
+        })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             // The first condition repeats what the second implies, as a

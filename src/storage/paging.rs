@@ -29,6 +29,19 @@ pub struct PageRequest {
     pub counted: Option<i64>,
 }
 
+/// Returns `counted`, the total that an earlier page of a listing counted,
+/// or on a first page the number of ids that `count_ids` loads (at most
+/// `MAX_COUNTED_ROWS`).
+pub fn total_or_count<E>(
+    counted: Option<i64>,
+    count_ids: impl FnOnce() -> Result<Vec<i64>, E>,
+) -> Result<i64, E> {
+    match counted {
+        Some(total) => Ok(total),
+        None => Ok(count_ids()?.len() as i64),
+    }
+}
+
 /// One page of rows and the cursor of the next page, if there is one.
 #[derive(Debug, Clone)]
 pub struct Page<T> {

@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Text};
 use super::audit::{self, Change};
 use super::imports::{self, RunImport};
 use super::models::{NewTaskRow, TaskRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
+use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
 use super::schema::tasks;
 use super::{Conn, StorageError, transaction, with_conn};
 use crate::pb::TaskState;
@@ -376,14 +376,12 @@ pub fn list(
     page: PageRequest,
 ) -> Result<Page<TaskRow>, StorageError> {
     with_conn!(conn, c => {
-        let total = match page.counted {
-            Some(total) => total,
-            None => filtered!(filter)
+        let total = total_or_count(page.counted, || {
+            filtered!(filter)
                 .select(tasks::id)
                 .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)?
-                .len() as i64,
-        };
+                .load::<i64>(c)
+        })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
             query = query.filter(tasks::id.gt(after.id));

@@ -28,7 +28,8 @@ pub struct DatabaseArgs {
     )]
     pub database_url: String,
 
-    /// Most database connections the pool opens.
+    /// Most database connections the pool opens. On SQLite, the writer
+    /// thread and its checkpointer have one more connection each.
     #[arg(long, env = "CODE_ANALYZER_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pool_size: u32,
 

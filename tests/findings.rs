@@ -207,6 +207,21 @@ async fn record_batch_at_limit_stored(mut server: TestServer) {
     let stored = server.record_findings(run.id, findings).await;
 
     assert_eq!(stored.len(), 10_000);
+    // Stored in multi-row statements of several hundred rows: each id
+    // still names the finding at its place in the request.
+    assert!(stored.windows(2).all(|pair| pair[0].id < pair[1].id));
+    for index in [0, 499, 500, 501, 5_000, 9_999] {
+        let fetched = server
+            .analysis
+            .get_finding(pb::GetFindingRequest {
+                id: stored[index].id,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fetched.file_path, format!("f{index}.py"));
+        assert_eq!(fetched, stored[index]);
+    }
     let page = server
         .analysis
         .list_findings(pb::ListFindingsRequest {

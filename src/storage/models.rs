@@ -1,6 +1,12 @@
 //! Rows as Diesel reads and writes them. Times are UTC microseconds, JSON
 //! columns hold serialized JSON text, and status and priority columns hold
 //! the numbers of the protobuf enums.
+//!
+//! Every insertable row binds `None` as NULL rather than leaving the column
+//! to its default (`treat_none_as_default_value = false`), and no nullable
+//! column has a default. A single-row insert then has one SQL text, which
+//! Diesel prepares once per connection and reuses. On SQLite, a slice of
+//! rows becomes one multi-row statement instead of a statement per row.
 
 use diesel::prelude::*;
 
@@ -29,7 +35,7 @@ pub struct CrewOutputRow {
 }
 
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = crew_outputs)]
+#[diesel(table_name = crew_outputs, treat_none_as_default_value = false)]
 pub struct NewCrewOutputRow {
     pub crew_name: String,
     pub output_type: String,
@@ -69,7 +75,7 @@ pub struct FindingRow {
 }
 
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = code_analysis_results)]
+#[diesel(table_name = code_analysis_results, treat_none_as_default_value = false)]
 pub struct NewFindingRow {
     pub crew_output_id: i64,
     pub file_path: String,
@@ -113,7 +119,7 @@ pub struct FixWithFindings {
 }
 
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = error_handling_results)]
+#[diesel(table_name = error_handling_results, treat_none_as_default_value = false)]
 pub struct NewFixRow {
     pub crew_output_id: i64,
     pub file_path: String,
@@ -125,7 +131,7 @@ pub struct NewFixRow {
 }
 
 #[derive(Debug, Clone, Copy, Insertable)]
-#[diesel(table_name = fix_findings)]
+#[diesel(table_name = fix_findings, treat_none_as_default_value = false)]
 pub struct FixFindingRow {
     pub fix_id: i64,
     pub finding_id: i64,
@@ -149,7 +155,7 @@ pub struct LogEntryRow {
 }
 
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = log_entries)]
+#[diesel(table_name = log_entries, treat_none_as_default_value = false)]
 pub struct NewLogEntryRow {
     pub entry_id: Option<String>,
     pub crew_output_id: Option<i64>,
@@ -189,7 +195,7 @@ pub struct TaskRow {
 }
 
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = tasks)]
+#[diesel(table_name = tasks, treat_none_as_default_value = false)]
 pub struct NewTaskRow {
     pub queue: String,
     pub payload: String,
@@ -220,7 +226,7 @@ pub struct AuditEventRow {
 }
 
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = audit_events)]
+#[diesel(table_name = audit_events, treat_none_as_default_value = false)]
 pub struct NewAuditEventRow {
     pub occurred_at: i64,
     pub actor: String,

@@ -1,5 +1,6 @@
 //! The SQLite writer: one thread that owns the write side of the database
-//! and commits the writes waiting in its queue together.
+//! and commits the writes waiting in its queue together, on a connection
+//! that no read uses.
 //!
 //! SQLite runs one write transaction at a time, and with
 //! `synchronous=FULL` each commit waits for the disk. The writer takes every
@@ -26,7 +27,7 @@ use std::time::Duration;
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Conn, Storage, StorageError, transaction, with_conn, without_savepoints};
+use super::{Conn, SqlitePool, Storage, StorageError, transaction, with_conn, without_savepoints};
 
 /// Writes committed together at most, so one commit's latency stays small.
 const MAX_WRITES_PER_COMMIT: usize = 64;
@@ -65,8 +66,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread for `storage`, which must be SQLite.
-    pub fn start(storage: Storage, queue_timeout: Duration) -> Writer {
+    /// Starts the writer thread for `storage`, which must be SQLite, on
+    /// the one connection of `pool`.
+    pub fn start(storage: Storage, pool: SqlitePool, queue_timeout: Duration) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let (committed, commits) = std_mpsc::sync_channel(1);
         let checkpoint_storage = storage.clone();
@@ -76,7 +78,7 @@ impl Writer {
             .expect("cannot start the SQLite checkpoint thread");
         std::thread::Builder::new()
             .name("sqlite-writer".to_string())
-            .spawn(move || run(storage, queue, committed))
+            .spawn(move || run(&pool, queue_timeout, queue, committed))
             .expect("cannot start the SQLite writer thread");
         Writer {
             jobs,
@@ -132,7 +134,12 @@ impl Writer {
 
 /// Runs the writer thread: waits for a write, takes the others already
 /// queued, and runs them in one transaction.
-fn run(storage: Storage, mut queue: mpsc::Receiver<Job>, committed: std_mpsc::SyncSender<()>) {
+fn run(
+    pool: &SqlitePool,
+    timeout: Duration,
+    mut queue: mpsc::Receiver<Job>,
+    committed: std_mpsc::SyncSender<()>,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_WRITES_PER_COMMIT {
@@ -141,7 +148,7 @@ fn run(storage: Storage, mut queue: mpsc::Receiver<Job>, committed: std_mpsc::Sy
                 Err(_) => break,
             }
         }
-        commit_together(&storage, jobs);
+        commit_together(pool, timeout, jobs);
         // A signal still waiting covers this commit too.
         let _ = committed.try_send(());
     }
@@ -173,12 +180,13 @@ fn checkpoint_after_commits(storage: &Storage, commits: &std_mpsc::Receiver<()>)
     tracing::debug!("SQLite checkpointer stopped");
 }
 
-fn commit_together(storage: &Storage, jobs: Vec<Job>) {
-    let mut conn = match storage.get() {
-        Ok(conn) => conn,
+fn commit_together(pool: &SqlitePool, timeout: Duration, jobs: Vec<Job>) {
+    let mut conn = match pool.get() {
+        Ok(conn) => Conn::Sqlite(conn),
         Err(error) => {
+            tracing::warn!(error = %error, "cannot open the writer's connection");
             for job in jobs {
-                job(Run::Reject(duplicate(&error)));
+                job(Run::Reject(StorageError::PoolTimeout(timeout)));
             }
             return;
         }

@@ -68,28 +68,21 @@ macro_rules! with_conn {
 macro_rules! insert_returning_ids {
     ($conn:expr, $table:expr, $id:expr, $rows:expr, $chunk:expr) => {{
         let rows = $rows;
+        let conn: &mut $crate::storage::Conn = $conn;
+        let rows_per_statement = match conn {
+            $crate::storage::Conn::Sqlite(_) => $crate::storage::SQLITE_INSERT_ROWS,
+            $crate::storage::Conn::Postgres(_) => $chunk,
+        };
         let mut ids: Vec<i64> = Vec::with_capacity(rows.len());
-        match $conn {
-            $crate::storage::Conn::Sqlite(c) => {
-                for chunk in rows.chunks($crate::storage::SQLITE_INSERT_ROWS) {
-                    let mut chunk_ids: Vec<i64> = diesel::insert_into($table)
-                        .values(chunk)
-                        .returning($id)
-                        .get_results(&mut **c)?;
-                    chunk_ids.sort_unstable();
-                    ids.extend(chunk_ids);
-                }
-            }
-            $crate::storage::Conn::Postgres(c) => {
-                for chunk in rows.chunks($chunk) {
-                    let mut chunk_ids: Vec<i64> = diesel::insert_into($table)
-                        .values(chunk)
-                        .returning($id)
-                        .get_results(&mut **c)?;
-                    chunk_ids.sort_unstable();
-                    ids.extend(chunk_ids);
-                }
-            }
+        for chunk in rows.chunks(rows_per_statement) {
+            let mut chunk_ids: Vec<i64> = $crate::storage::with_conn!(&mut *conn, c => {
+                diesel::insert_into($table)
+                    .values(chunk)
+                    .returning($id)
+                    .get_results(c)?
+            });
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
         }
         ids
     }};

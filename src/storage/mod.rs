@@ -61,10 +61,10 @@ macro_rules! with_conn {
 
 /// Inserts `$rows` and evaluates to their new ids, in the order of the rows.
 /// Both backends send multi-row statements: of `SQLITE_INSERT_ROWS` rows on
-/// SQLite, which sets up and journals each statement once, and of `$chunk`
-/// rows on PostgreSQL, where a round trip per row would dominate. Identity
-/// values of one statement follow the order of its VALUES list, so the
-/// sorted ids pair with the rows in order.
+/// SQLite, where a statement per row would set up and journal every row
+/// apart, and of `$chunk` rows on PostgreSQL, where a round trip per row
+/// would dominate. Identity values of one statement follow the order of
+/// its VALUES list, so the sorted ids pair with the rows in order.
 macro_rules! insert_returning_ids {
     ($conn:expr, $table:expr, $id:expr, $rows:expr, $chunk:expr) => {{
         let rows = $rows;
@@ -203,12 +203,11 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// column, and SQLite accepts at most 32,766 parameters in one statement.
 pub(crate) const SQLITE_INSERT_ROWS: usize = 500;
 
-/// Page cache of the writer's connection, in KiB. A SQLite connection
-/// keeps its cache between transactions only while no other connection
-/// writes, and the writer is the only connection that writes. So on a
-/// connection of its own, the index pages that inserts touch stay cached
-/// from one commit to the next. Other connections keep SQLite's default of
-/// 2 MiB.
+/// Page cache of the writer's connection, in KiB. SQLite keeps a
+/// connection's cache between transactions only while no other connection
+/// writes. The writer is the only connection that writes, so the index
+/// pages its inserts touch stay cached from one commit to the next. Other
+/// connections keep SQLite's default of 2 MiB.
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
 
 /// Sets the pragmas every SQLite connection needs: a busy timeout so writers
@@ -222,13 +221,11 @@ const WRITER_CACHE_KIB: u32 = 32 * 1024;
 #[derive(Debug)]
 struct SqlitePragmas {
     busy_timeout: Duration,
-    /// Whether the connection is the writer's, which also gets a larger
-    /// page cache (`WRITER_CACHE_KIB`) and keeps its temporary files in
-    /// memory. A write that shares its transaction runs in a savepoint,
-    /// which copies every page it changes to a journal. SQLite moves a
-    /// journal past 64 KiB to a temporary file, and on disk, writing that
-    /// file took a sixth of the writer thread's time in a profile of paced
-    /// 100-finding writes.
+    /// Whether this is the writer's connection, which gets a cache of
+    /// `WRITER_CACHE_KIB` and temporary files in memory. A write that shares
+    /// a commit runs in a savepoint, whose journal SQLite moves to a
+    /// temporary file past 64 KiB. On disk, writing that file took a sixth
+    /// of the writer thread's time in a profile of paced 100-finding writes.
     writer: bool,
 }
 
@@ -396,20 +393,20 @@ impl Storage {
             connection_timeout: options.connection_timeout,
         };
         if backend == Backend::Sqlite {
-            // The writer's connection lives in a pool of its own, so that
-            // no read takes it and its page cache stays valid.
-            let write_pool = diesel::r2d2::Pool::builder()
-                .max_size(1)
-                .min_idle(Some(1))
-                .connection_timeout(options.connection_timeout)
-                .test_on_check_out(false)
-                .connection_customizer(Box::new(SqlitePragmas {
-                    busy_timeout: options.connection_timeout,
-                    writer: true,
-                }))
-                .build_unchecked(ConnectionManager::<SqliteConnection>::new(
-                    storage.target.clone(),
-                ));
+            // The writer's connection is in a pool of its own, so no read
+            // takes it and its page cache stays valid.
+            let write_pool = pool_builder(&PoolOptions {
+                max_size: 1,
+                min_idle: 1,
+                ..options.clone()
+            })
+            .connection_customizer(Box::new(SqlitePragmas {
+                busy_timeout: options.connection_timeout,
+                writer: true,
+            }))
+            .build_unchecked(ConnectionManager::<SqliteConnection>::new(
+                storage.target.clone(),
+            ));
             storage.writer = Some(writer::Writer::start(
                 storage.clone(),
                 write_pool,

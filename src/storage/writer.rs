@@ -66,8 +66,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread for `storage`, which must be SQLite, on
-    /// the one connection of `pool`.
+    /// Starts the writer thread on the one connection of `pool`, and the
+    /// checkpoint thread on a connection that it opens on `storage`.
     pub fn start(storage: Storage, pool: SqlitePool, queue_timeout: Duration) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let (committed, commits) = std_mpsc::sync_channel(1);
@@ -184,7 +184,11 @@ fn commit_together(pool: &SqlitePool, timeout: Duration, jobs: Vec<Job>) {
     let mut conn = match pool.get() {
         Ok(conn) => Conn::Sqlite(conn),
         Err(error) => {
-            tracing::warn!(error = %error, "cannot open the writer's connection");
+            tracing::warn!(
+                error = %error,
+                writes = jobs.len(),
+                "opening the SQLite writer's connection failed; its writes get UNAVAILABLE"
+            );
             for job in jobs {
                 job(Run::Reject(StorageError::PoolTimeout(timeout)));
             }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::models::{AuditEventRow, NewAuditEventRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
+use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::audit_events;
 use super::{Conn, StorageError, now_micros, with_conn};
 
@@ -240,10 +240,7 @@ pub fn list(
 ) -> Result<Page<AuditEventRow>, StorageError> {
     with_conn!(conn, c => {
         let total = total_or_count(page.counted, || {
-            filtered!(filter)
-                .select(audit_events::id)
-                .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)
+            count_bounded(filtered!(filter).select(audit_events::id)).get_result(c)
         })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {

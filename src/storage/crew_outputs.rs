@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{CrewOutputRow, NewCrewOutputRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
+use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::{
     code_analysis_results as findings, crew_outputs, error_handling_results as fixes, fix_findings,
     log_entries,
@@ -189,10 +189,7 @@ pub fn list(
 ) -> Result<Page<CrewOutputRow>, StorageError> {
     with_conn!(conn, c => {
         let total = total_or_count(page.counted, || {
-            filtered!(filter)
-                .select(crew_outputs::id)
-                .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)
+            count_bounded(filtered!(filter).select(crew_outputs::id)).get_result(c)
         })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{FindingRow, NewFindingRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
+use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::code_analysis_results as findings;
 use super::{
     Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, state, transaction,
@@ -156,10 +156,7 @@ pub fn list(
 ) -> Result<Page<FindingRow>, StorageError> {
     with_conn!(conn, c => {
         let total = total_or_count(page.counted, || {
-            filtered!(filter)
-                .select(findings::id)
-                .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)
+            count_bounded(filtered!(filter).select(findings::id)).get_result(c)
         })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {
@@ -284,10 +281,7 @@ pub fn list_by_path(
     with_conn!(conn, c => {
         // The total counts the whole prefix, not the rest after the cursor.
         let total = total_or_count(counted, || {
-            in_range!(prefix)
-                .select(findings::id)
-                .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)
+            count_bounded(in_range!(prefix).select(findings::id)).get_result(c)
         })?;
         let mut query = in_range!(lower.as_deref());
         match after {

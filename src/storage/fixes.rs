@@ -7,7 +7,7 @@ use diesel::prelude::*;
 
 use super::audit::{self, Change};
 use super::models::{FixFindingRow, FixRow, FixWithFindings, NewFixRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
+use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::{code_analysis_results, error_handling_results as fixes, fix_findings};
 use super::{
     Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn,
@@ -227,10 +227,7 @@ pub fn list(
 ) -> Result<Page<FixWithFindings>, StorageError> {
     let (total, rows) = with_conn!(conn, c => {
         let total = total_or_count(page.counted, || {
-            filtered!(filter)
-                .select(fixes::id)
-                .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)
+            count_bounded(filtered!(filter).select(fixes::id)).get_result(c)
         })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use diesel::prelude::*;
 
 use super::models::{CrewOutputRow, FindingRow, FixRow, FixWithFindings};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest};
+use super::paging::{Cursor, Page, PageRequest, count_bounded};
 use super::schema::{
     code_analysis_results as findings, crew_outputs, error_handling_results as fixes,
 };
@@ -86,18 +86,15 @@ pub fn file_history(
 ) -> Result<FileHistory, StorageError> {
     let limit = page.size + 1;
     let (finding_count, fix_count, finding_rows, fix_rows) = with_conn!(conn, c => {
-        let finding_count = findings::table
-            .filter(findings::file_path.eq(file_path))
-            .select(findings::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
-        let fix_count = fixes::table
-            .filter(fixes::file_path.eq(file_path))
-            .select(fixes::id)
-            .limit(MAX_COUNTED_ROWS)
-            .load::<i64>(c)?
-            .len() as i64;
+        let finding_count: i64 = count_bounded(
+            findings::table
+                .filter(findings::file_path.eq(file_path))
+                .select(findings::id),
+        )
+        .get_result(c)?;
+        let fix_count: i64 =
+            count_bounded(fixes::table.filter(fixes::file_path.eq(file_path)).select(fixes::id))
+                .get_result(c)?;
 
         let mut finding_query = findings::table
             .filter(findings::file_path.eq(file_path))

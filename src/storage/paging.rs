@@ -2,6 +2,12 @@
 //! a page. The next page starts strictly after it, so rows inserted meanwhile
 //! never shift a page and no query skips over earlier pages.
 
+use diesel::backend::Backend;
+use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_dsl::methods::LimitDsl;
+use diesel::sql_types::BigInt;
+
 /// Most rows a list counts for its total. Counting stops at this many
 /// matches, so the total of a filter that matches millions of rows costs no
 /// more than one that matches this many; a total equal to it means "this
@@ -30,15 +36,45 @@ pub struct PageRequest {
 }
 
 /// Returns `counted`, the total that an earlier page of a listing counted,
-/// or on a first page the number of ids that `count_ids` loads (at most
-/// `MAX_COUNTED_ROWS`).
+/// or on a first page the result of `count`.
 pub fn total_or_count<E>(
     counted: Option<i64>,
-    count_ids: impl FnOnce() -> Result<Vec<i64>, E>,
+    count: impl FnOnce() -> Result<i64, E>,
 ) -> Result<i64, E> {
     match counted {
         Some(total) => Ok(total),
-        None => Ok(count_ids()?.len() as i64),
+        None => count(),
+    }
+}
+
+/// `SELECT COUNT(*)` over the first `MAX_COUNTED_ROWS` rows of a query, so
+/// the database counts the matches and returns one number instead of
+/// their rows.
+#[derive(Debug, Clone, QueryId)]
+pub struct BoundedCount<Q>(Q);
+
+/// Counts the rows of `query`, a select of one column, up to
+/// `MAX_COUNTED_ROWS`.
+pub fn count_bounded<Q: LimitDsl>(query: Q) -> BoundedCount<Q::Output> {
+    BoundedCount(query.limit(MAX_COUNTED_ROWS))
+}
+
+impl<Q> Query for BoundedCount<Q> {
+    type SqlType = BigInt;
+}
+
+impl<Q, C> RunQueryDsl<C> for BoundedCount<Q> {}
+
+impl<Q, DB> QueryFragment<DB> for BoundedCount<Q>
+where
+    DB: Backend,
+    Q: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("SELECT COUNT(*) FROM (");
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(") AS bounded");
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Text};
 use super::audit::{self, Change};
 use super::imports::{self, RunImport};
 use super::models::{NewTaskRow, TaskRow};
-use super::paging::{Cursor, MAX_COUNTED_ROWS, Page, PageRequest, total_or_count};
+use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::tasks;
 use super::{Conn, StorageError, transaction, with_conn};
 use crate::pb::TaskState;
@@ -377,10 +377,7 @@ pub fn list(
 ) -> Result<Page<TaskRow>, StorageError> {
     with_conn!(conn, c => {
         let total = total_or_count(page.counted, || {
-            filtered!(filter)
-                .select(tasks::id)
-                .limit(MAX_COUNTED_ROWS)
-                .load::<i64>(c)
+            count_bounded(filtered!(filter).select(tasks::id)).get_result(c)
         })?;
         let mut query = filtered!(filter);
         if let Some(after) = page.after {

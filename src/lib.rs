@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod client;
 pub mod config;
 pub mod fingerprint;

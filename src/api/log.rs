@@ -248,117 +248,132 @@ async fn write_batches(
     Ok(tally)
 }
 
+/// Receives one IngestLogs stream, writes its entries in batches, and
+/// returns the response.
+async fn ingest(
+    storage: Storage,
+    live: Arc<LiveLog>,
+    mut stream: Streaming<pb::IngestLogsRequest>,
+) -> Result<pb::IngestLogsResponse, Status> {
+    let (sender, receiver) = mpsc::channel::<Batch>(2);
+    let writer = tokio::spawn(write_batches(storage, live, receiver));
+
+    let mut invalid = Tally::default();
+    let mut batch = Batch::default();
+    let mut position: i64 = 0;
+    let mut stream_error: Option<Status> = None;
+    loop {
+        // A partial batch is written when the client pauses, so entries
+        // of a slow stream are stored within FLUSH_INTERVAL.
+        let next = if batch.rows.is_empty() {
+            stream.next().await
+        } else {
+            match tokio::time::timeout(FLUSH_INTERVAL, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if sender.send(std::mem::take(&mut batch)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        };
+        let message = match next {
+            None => break,
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                stream_error = Some(error);
+                break;
+            }
+        };
+        if message.entries.len() > validate::MAX_BATCH_ITEMS {
+            stream_error = Some(invalid_argument(
+                "entries",
+                format!(
+                    "a message has {} entries, more than the limit of {}",
+                    message.entries.len(),
+                    validate::MAX_BATCH_ITEMS
+                ),
+            ));
+            break;
+        }
+
+        let received_at = now_micros();
+        for entry in message.entries {
+            let entry_id = entry.entry_id.clone();
+            match entry_row(entry, received_at) {
+                Ok(row) => {
+                    batch.rows.push(row);
+                    batch.positions.push(position);
+                }
+                Err((field, reason)) => invalid.reject(position, &entry_id, field, reason),
+            }
+            position += 1;
+        }
+        if batch.rows.len() >= BATCH_ROWS && sender.send(std::mem::take(&mut batch)).await.is_err()
+        {
+            break;
+        }
+    }
+    if !batch.rows.is_empty() {
+        // The writer may have stopped on an error; it reports that below.
+        let _ = sender.send(batch).await;
+    }
+    drop(sender);
+
+    let written = writer
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, "log writer task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(to_status)?;
+    if let Some(error) = stream_error {
+        tracing::info!(
+            stored = written.accepted,
+            received = position,
+            error = %error,
+            "log stream ended early; stored entries stay stored"
+        );
+        return Err(error);
+    }
+
+    let mut rejections = invalid.rejections;
+    rejections.extend(written.rejections);
+    rejections.sort_by_key(|rejection| rejection.position);
+    rejections.truncate(MAX_LISTED_REJECTIONS);
+    let response = pb::IngestLogsResponse {
+        accepted_count: written.accepted,
+        duplicate_count: written.duplicates,
+        rejected_count: invalid.rejected + written.rejected,
+        rejections,
+    };
+    tracing::info!(
+        accepted = response.accepted_count,
+        duplicates = response.duplicate_count,
+        rejected = response.rejected_count,
+        "ingested log stream"
+    );
+    Ok(response)
+}
+
 #[tonic::async_trait]
 impl LogService for LogApi {
     async fn ingest_logs(
         &self,
         request: Request<Streaming<pb::IngestLogsRequest>>,
     ) -> Result<Response<pb::IngestLogsResponse>, Status> {
-        let mut stream = request.into_inner();
-        let (sender, receiver) = mpsc::channel::<Batch>(2);
-        let writer = tokio::spawn(write_batches(
+        let work = ingest(
             self.storage.clone(),
             Arc::clone(&self.live),
-            receiver,
-        ));
-
-        let mut invalid = Tally::default();
-        let mut batch = Batch::default();
-        let mut position: i64 = 0;
-        let mut stream_error: Option<Status> = None;
-        loop {
-            // A partial batch is written when the client pauses, so entries
-            // of a slow stream are stored within FLUSH_INTERVAL.
-            let next = if batch.rows.is_empty() {
-                stream.next().await
-            } else {
-                match tokio::time::timeout(FLUSH_INTERVAL, stream.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        if sender.send(std::mem::take(&mut batch)).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            };
-            let message = match next {
-                None => break,
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    stream_error = Some(error);
-                    break;
-                }
-            };
-            if message.entries.len() > validate::MAX_BATCH_ITEMS {
-                stream_error = Some(invalid_argument(
-                    "entries",
-                    format!(
-                        "a message has {} entries, more than the limit of {}",
-                        message.entries.len(),
-                        validate::MAX_BATCH_ITEMS
-                    ),
-                ));
-                break;
-            }
-
-            let received_at = now_micros();
-            for entry in message.entries {
-                let entry_id = entry.entry_id.clone();
-                match entry_row(entry, received_at) {
-                    Ok(row) => {
-                        batch.rows.push(row);
-                        batch.positions.push(position);
-                    }
-                    Err((field, reason)) => invalid.reject(position, &entry_id, field, reason),
-                }
-                position += 1;
-            }
-            if batch.rows.len() >= BATCH_ROWS
-                && sender.send(std::mem::take(&mut batch)).await.is_err()
-            {
-                break;
-            }
-        }
-        if !batch.rows.is_empty() {
-            // The writer may have stopped on an error; it reports that below.
-            let _ = sender.send(batch).await;
-        }
-        drop(sender);
-
-        let written = writer
+            request.into_inner(),
+        );
+        let response = crate::background::run(work.in_current_span())
             .await
             .map_err(|error| {
-                tracing::error!(error = %error, "log writer task failed");
+                tracing::error!(error = %error, "log stream task failed");
                 Status::internal("internal error")
-            })?
-            .map_err(to_status)?;
-        if let Some(error) = stream_error {
-            tracing::info!(
-                stored = written.accepted,
-                received = position,
-                error = %error,
-                "log stream ended early; stored entries stay stored"
-            );
-            return Err(error);
-        }
-
-        let mut rejections = invalid.rejections;
-        rejections.extend(written.rejections);
-        rejections.sort_by_key(|rejection| rejection.position);
-        rejections.truncate(MAX_LISTED_REJECTIONS);
-        let response = pb::IngestLogsResponse {
-            accepted_count: written.accepted,
-            duplicate_count: written.duplicates,
-            rejected_count: invalid.rejected + written.rejected,
-            rejections,
-        };
-        tracing::info!(
-            accepted = response.accepted_count,
-            duplicates = response.duplicate_count,
-            rejected = response.rejected_count,
-            "ingested log stream"
-        );
+            })??;
         Ok(Response::new(response))
     }
 

@@ -32,6 +32,7 @@ use tonic::transport::Channel;
 const USAGE: &str = "\
 Usage: cargo bench --bench scale -- [--backend sqlite|postgres|all] [--findings N] [--logs N]
        [--clients N] [--ingest-rows N] [--write-rate N,...] [--only NAME,...] [--keep]
+       [--reuse URL]
 
   --findings N     findings in the database before the scenarios (default 1000000)
   --logs N         log entries in the database before the scenarios (default 10000000)
@@ -43,6 +44,8 @@ Usage: cargo bench --bench scale -- [--backend sqlite|postgres|all] [--findings 
                    (default all)
   --keep           keep the database after the run and print where it is, to read query
                    plans on it (the default drops it)
+  --reuse URL      run on a database that `--keep` kept, with the same --findings and --logs,
+                   instead of loading one; the database stays after the run
 
 Environment: CODE_ANALYZER_FIXTURES (default ../shared/fixtures next to Cargo.toml) and
 CODE_ANALYZER_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).";
@@ -72,6 +75,7 @@ struct Options {
     write_rates: Vec<usize>,
     only: Option<Vec<String>>,
     keep: bool,
+    reuse: Option<String>,
 }
 
 /// Scenario names that `--only` accepts, in the order they run.
@@ -97,6 +101,7 @@ fn parse_options() -> Options {
         write_rates: vec![100],
         only: None,
         keep: false,
+        reuse: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -131,6 +136,7 @@ fn parse_options() -> Options {
                 options.only = Some(names);
             }
             "--keep" => options.keep = true,
+            "--reuse" => options.reuse = Some(value()),
             "--backend" => {
                 options.backends = match value().as_str() {
                     "sqlite" => vec!["sqlite"],
@@ -147,6 +153,13 @@ fn parse_options() -> Options {
             "--bench" => {}
             other => panic!("unknown option {other:?}\n\n{USAGE}"),
         }
+    }
+    if let Some(url) = &options.reuse {
+        options.backends = if url.starts_with("postgres") {
+            vec!["postgres"]
+        } else {
+            vec!["sqlite"]
+        };
     }
     options
 }
@@ -281,23 +294,71 @@ struct Dataset {
     sarif_bytes: Vec<u8>,
 }
 
-/// Fills the database directly through the storage layer: the two compare
-/// runs, runs of `RUN_FINDINGS` findings until `findings` in all, and
-/// `logs` log entries.
-fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize) -> Dataset {
+/// Fills the database directly through the storage layer, unless `load`
+/// is false because an earlier run of the same sizes filled it, and returns
+/// what the scenarios need to know of its contents.
+fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize, load: bool) -> Dataset {
     let storage = Storage::open(database_url, &PoolOptions::default()).expect("cannot open");
     storage.migrate().expect("migrations failed");
     let mut conn = storage.get().expect("no connection");
     let older = fixture_findings("ruff-crewai-2026-05.sarif.gz");
     let newer = fixture_findings("ruff-crewai-2026-08.sarif.gz");
+    let all: Vec<&ParsedFinding> = older.iter().chain(newer.iter()).collect();
+    let lines = fixture_log_lines();
+    let compare_runs = if load {
+        load_rows(
+            &mut conn,
+            (&older, &newer),
+            &lines,
+            findings_total,
+            logs_total,
+        )
+    } else {
+        // A load creates the two compare runs first.
+        (1, 2)
+    };
+
+    let mut file_paths: Vec<String> = all.iter().map(|f| f.file_path.clone()).collect();
+    file_paths.sort();
+    file_paths.dedup();
+    let mut rule_ids: Vec<String> = all.iter().map(|f| f.rule_id.clone()).collect();
+    rule_ids.sort();
+    rule_ids.dedup();
+    let mut log_crews: Vec<String> = (0..lines.len().min(8_000))
+        .map(|n| log_crew(&lines[n], n))
+        .collect();
+    log_crews.sort();
+    log_crews.dedup();
+    let sarif_path = fixtures().join("sarif/ruff-crewai-2026-08.sarif.gz");
+    Dataset {
+        compare_runs,
+        file_paths,
+        rule_ids,
+        log_crews,
+        log_end_micros: LOG_START_MICROS + logs_total as i64 * LOG_SPACING_MICROS,
+        sarif_bytes: std::fs::read(sarif_path).expect("cannot read the SARIF fixture"),
+    }
+}
+
+/// Inserts the two compare runs, runs of `RUN_FINDINGS` findings until
+/// `findings_total` in all, and `logs_total` log entries, and returns the
+/// ids of the compare runs.
+fn load_rows(
+    conn: &mut Conn,
+    (older, newer): (&[ParsedFinding], &[ParsedFinding]),
+    lines: &[LogLine],
+    findings_total: usize,
+    logs_total: usize,
+) -> (i64, i64) {
+    let all: Vec<&ParsedFinding> = older.iter().chain(newer.iter()).collect();
     let started = Instant::now();
 
     // Two runs of one crew, each its fixture repeated under numbered
     // folders, so they share most fingerprints as real consecutive runs do.
     let compare_size = COMPARE_RUN_FINDINGS.min(findings_total / 4).max(1);
     let mut compare_runs = Vec::new();
-    for source in [&older, &newer] {
-        let run = new_run(&mut conn, "compare-crew");
+    for source in [older, newer] {
+        let run = new_run(conn, "compare-crew");
         let now = code_analyzer::storage::now_micros();
         let rows: Vec<NewFindingRow> = (0..compare_size)
             .map(|index| {
@@ -305,17 +366,16 @@ fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize) -> Da
                 finding_row(&source[index % source.len()], run, &prefix, now)
             })
             .collect();
-        insert_findings(&mut conn, rows);
+        insert_findings(conn, rows);
         compare_runs.push(run);
     }
 
-    let all: Vec<&ParsedFinding> = older.iter().chain(newer.iter()).collect();
     let mut stored = 2 * compare_size;
     let mut run_index = 0;
     while stored < findings_total {
         let mut rows = Vec::with_capacity(BULK_TRANSACTION_ROWS);
         while rows.len() < BULK_TRANSACTION_ROWS && stored + rows.len() < findings_total {
-            let run = new_run(&mut conn, &format!("ruff-crew-{}", run_index % CREWS));
+            let run = new_run(conn, &format!("ruff-crew-{}", run_index % CREWS));
             let now = code_analyzer::storage::now_micros();
             let count = RUN_FINDINGS.min(findings_total - stored - rows.len());
             for index in 0..count {
@@ -325,7 +385,7 @@ fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize) -> Da
             run_index += 1;
         }
         stored += rows.len();
-        insert_findings(&mut conn, rows);
+        insert_findings(conn, rows);
     }
     println!(
         "  loaded {stored} findings in {run_index} runs plus 2 compare runs in {:.1} s",
@@ -333,7 +393,6 @@ fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize) -> Da
     );
 
     let started = Instant::now();
-    let lines = fixture_log_lines();
     let mut n = 0;
     while n < logs_total {
         let end = (n + BULK_TRANSACTION_ROWS * 5).min(logs_total);
@@ -355,39 +414,20 @@ fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize) -> Da
                 }
             })
             .collect();
-        insert_logs(&mut conn, &rows);
+        insert_logs(conn, &rows);
         n = end;
     }
     println!(
         "  loaded {logs_total} log entries in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    if let Conn::Postgres(c) = &mut conn {
+    if let Conn::Postgres(c) = conn {
         diesel::sql_query("VACUUM ANALYZE")
             .execute(&mut **c)
             .expect("VACUUM ANALYZE failed");
     }
 
-    let mut file_paths: Vec<String> = all.iter().map(|f| f.file_path.clone()).collect();
-    file_paths.sort();
-    file_paths.dedup();
-    let mut rule_ids: Vec<String> = all.iter().map(|f| f.rule_id.clone()).collect();
-    rule_ids.sort();
-    rule_ids.dedup();
-    let mut log_crews: Vec<String> = (0..lines.len().min(8_000))
-        .map(|n| log_crew(&lines[n], n))
-        .collect();
-    log_crews.sort();
-    log_crews.dedup();
-    let sarif_path = fixtures().join("sarif/ruff-crewai-2026-08.sarif.gz");
-    Dataset {
-        compare_runs: (compare_runs[0], compare_runs[1]),
-        file_paths,
-        rule_ids,
-        log_crews,
-        log_end_micros: LOG_START_MICROS + logs_total as i64 * LOG_SPACING_MICROS,
-        sarif_bytes: std::fs::read(sarif_path).expect("cannot read the SARIF fixture"),
-    }
+    (compare_runs[0], compare_runs[1])
 }
 
 fn insert_logs(conn: &mut Conn, rows: &[NewLogEntryRow]) {
@@ -885,7 +925,17 @@ async fn stream_entries(
 
 async fn ingest_scenarios(server: &Connector, dataset: &Arc<Dataset>, rows: usize) -> Vec<Outcome> {
     let lines = Arc::new(fixture_log_lines());
-    let single = stream_entries(server.clone(), Arc::clone(&lines), "single".into(), 0, rows).await;
+    // Entry ids differ from run to run, so a run on a reused database
+    // stores its entries instead of finding them duplicates.
+    let run = std::process::id();
+    let single = stream_entries(
+        server.clone(),
+        Arc::clone(&lines),
+        format!("single-{run}"),
+        0,
+        rows,
+    )
+    .await;
     let single_rate = rows as f64 / single.as_secs_f64();
 
     const STREAMS: usize = 32;
@@ -897,7 +947,7 @@ async fn ingest_scenarios(server: &Connector, dataset: &Arc<Dataset>, rows: usiz
             tokio::spawn(stream_entries(
                 server.clone(),
                 Arc::clone(&lines),
-                "multi".into(),
+                format!("multi-{run}"),
                 stream * per_stream,
                 per_stream,
             ))
@@ -1082,8 +1132,9 @@ fn server_binary() -> PathBuf {
 async fn run_backend(backend: &str, options: &Options) {
     let folder = tempfile::TempDir::new().expect("cannot create a temporary folder");
     let mut postgres = None;
-    let url = match backend {
-        "sqlite" => format!("sqlite://{}", folder.path().join("scale.db").display()),
+    let url = match (backend, &options.reuse) {
+        (_, Some(url)) => url.clone(),
+        ("sqlite", None) => format!("sqlite://{}", folder.path().join("scale.db").display()),
         _ => match PostgresDatabase::create() {
             Ok(database) => {
                 let url = database.url.clone();
@@ -1096,14 +1147,17 @@ async fn run_backend(backend: &str, options: &Options) {
             }
         },
     };
-    println!(
-        "{backend}: loading {} findings and {} log entries",
-        options.findings, options.logs
-    );
+    let load = options.reuse.is_none();
+    if load {
+        println!(
+            "{backend}: loading {} findings and {} log entries",
+            options.findings, options.logs
+        );
+    }
     let load_url = url.clone();
     let (findings_total, logs_total) = (options.findings, options.logs);
     let dataset =
-        tokio::task::spawn_blocking(move || bulk_load(&load_url, findings_total, logs_total))
+        tokio::task::spawn_blocking(move || bulk_load(&load_url, findings_total, logs_total, load))
             .await
             .expect("bulk load failed");
     let dataset = Arc::new(dataset);

@@ -24,7 +24,9 @@ use code_analyzer::pb::log_service_client::LogServiceClient;
 use code_analyzer::sarif::{self, ImportOptions, ParsedFinding};
 use code_analyzer::storage::models::{NewCrewOutputRow, NewFindingRow, NewLogEntryRow};
 use code_analyzer::storage::schema::log_entries;
-use code_analyzer::storage::{Conn, PoolOptions, Storage, findings, transaction};
+use code_analyzer::storage::{
+    Conn, PoolOptions, Storage, findings, parse_database_url, transaction,
+};
 use diesel::{Connection, RunQueryDsl};
 use process::ServeProcess;
 use tonic::transport::Channel;
@@ -155,11 +157,9 @@ fn parse_options() -> Options {
         }
     }
     if let Some(url) = &options.reuse {
-        options.backends = if url.starts_with("postgres") {
-            vec!["postgres"]
-        } else {
-            vec!["sqlite"]
-        };
+        let (backend, _) =
+            parse_database_url(url).unwrap_or_else(|error| panic!("{error}\n\n{USAGE}"));
+        options.backends = vec![backend.name()];
     }
     options
 }
@@ -309,6 +309,7 @@ fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize, load:
         load_rows(
             &mut conn,
             (&older, &newer),
+            &all,
             &lines,
             findings_total,
             logs_total,
@@ -340,17 +341,17 @@ fn bulk_load(database_url: &str, findings_total: usize, logs_total: usize, load:
     }
 }
 
-/// Inserts the two compare runs, runs of `RUN_FINDINGS` findings until
-/// `findings_total` in all, and `logs_total` log entries, and returns the
-/// ids of the compare runs.
+/// Inserts the two compare runs, runs of `RUN_FINDINGS` findings from `all`
+/// until `findings_total` in all, and `logs_total` log entries, and returns
+/// the ids of the compare runs.
 fn load_rows(
     conn: &mut Conn,
     (older, newer): (&[ParsedFinding], &[ParsedFinding]),
+    all: &[&ParsedFinding],
     lines: &[LogLine],
     findings_total: usize,
     logs_total: usize,
 ) -> (i64, i64) {
-    let all: Vec<&ParsedFinding> = older.iter().chain(newer.iter()).collect();
     let started = Instant::now();
 
     // Two runs of one crew, each its fixture repeated under numbered

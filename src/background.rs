@@ -18,8 +18,8 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 /// Runs `future` on the background runtime, which starts on first use with
 /// a worker thread per core, and returns its output, or the error of a
-/// task that panicked. Dropping the returned future cancels `future`, just
-/// as if it ran on the caller's runtime.
+/// task that panicked. Dropping the returned future cancels `future`, as
+/// it would if `future` ran on the caller's runtime.
 pub async fn run<F>(future: F) -> Result<F::Output, JoinError>
 where
     F: Future + Send + 'static,
@@ -51,8 +51,8 @@ impl<T> Drop for AbortOnDrop<T> {
 /// threads keep their priority there.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: setpriority only reads its arguments; `who = 0` is the
-    // calling thread.
+    // SAFETY: setpriority only reads its arguments, and `who = 0` names
+    // the calling thread.
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
     }
@@ -97,11 +97,8 @@ mod tests {
             let _guard = guard;
             std::future::pending::<()>().await;
         });
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), call)
-                .await
-                .is_err()
-        );
+        let ended = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(ended.is_err(), "a pending task ended");
         for _ in 0..100 {
             if dropped.load(Ordering::SeqCst) {
                 return;

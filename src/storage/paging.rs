@@ -47,9 +47,9 @@ pub fn total_or_count<E>(
     }
 }
 
-/// `SELECT COUNT(*)` over the first `MAX_COUNTED_ROWS` rows of a query, so
-/// the database counts the matches and returns one number instead of
-/// their rows.
+/// Query that counts the first `MAX_COUNTED_ROWS` rows of another query
+/// with `SELECT COUNT(*)`, so the database returns one number instead of
+/// the rows.
 #[derive(Debug, Clone, QueryId)]
 pub struct BoundedCount<Q>(Q);
 

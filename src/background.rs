@@ -17,7 +17,7 @@ const NICE: i32 = 10;
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 /// Runs `future` on the background runtime, which starts on first use with
-/// a worker thread per core, and returns its output, or the error of a
+/// one worker thread, and returns its output, or the error of a
 /// task that panicked. Dropping the returned future cancels `future`, as
 /// it would if `future` ran on the caller's runtime.
 pub async fn run<F>(future: F) -> Result<F::Output, JoinError>
@@ -28,6 +28,10 @@ where
     let runtime = RUNTIME.get_or_init(|| {
         Builder::new_multi_thread()
             .thread_name("background")
+            // A second thread raised the server's peak memory under one
+            // flooding stream by about 10 MiB (`tests/limits.rs`). With one,
+            // 32 streams still store over 90% of one stream's rate.
+            .worker_threads(1)
             .enable_all()
             .on_thread_start(lower_priority)
             .build()

@@ -1,15 +1,23 @@
-//! The `code-analyzer` binary: `serve`, `migrate`, the client subcommands
+//! The `code-analyzer` binary: `serve` (with its environment variables and
+//! defaults), `migrate` on both backends, the client subcommands
 //! `import-sarif`, `push-logs` and `history`, and grpcurl against a served
 //! process (reflection, health, a call with JSON input).
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::process;
-use common::{FIXTURE_SOURCE_ROOT, SMALL_SARIF, SMALL_SARIF_AGENT_PATH, fixture, in_ci};
+use common::{
+    Backend, FIXTURE_SOURCE_ROOT, SMALL_SARIF, SMALL_SARIF_AGENT_PATH, TestDatabase, fixture, in_ci,
+};
+use diesel::sql_types::BigInt;
+use diesel::{QueryableByName, RunQueryDsl};
+use prost::Message;
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_code-analyzer");
@@ -288,6 +296,193 @@ fn migrate_applies_then_reports_current() {
     assert_success(&second, &["migrate"]);
     let second_text = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second_text.trim(), "The sqlite database is up to date.");
+}
+
+#[test]
+fn migrate_applies_then_reports_current_postgres() {
+    let Some(database) = TestDatabase::create(Backend::Postgres) else {
+        return;
+    };
+
+    let first = run(&["migrate", "--database-url", database.url()]);
+    assert_success(&first, &["migrate"]);
+    let first_text = String::from_utf8_lossy(&first.stdout);
+    assert!(first_text.starts_with("Applied "), "{first_text}");
+    assert!(first_text.contains("20261204000001"), "{first_text}");
+    let applied: usize = first_text["Applied ".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no migration count in {first_text:?}"));
+    let recorded =
+        database.query_text("SELECT count(*)::text AS value FROM __diesel_schema_migrations");
+    assert_eq!(recorded, applied.to_string());
+
+    let second = run(&["migrate", "--database-url", database.url()]);
+    assert_success(&second, &["migrate"]);
+    let second_text = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second_text.trim(), "The postgres database is up to date.");
+}
+
+/// A `code-analyzer serve` child started without flags, configured only by
+/// the given environment variables, with its text log on stderr. Dropping
+/// it kills the process.
+struct EnvironmentServe {
+    child: Child,
+    /// `host:port` from the start-up line.
+    address: String,
+}
+
+impl EnvironmentServe {
+    /// Starts `serve` in `folder` with `variables` as its only
+    /// `CODE_ANALYZER_*` variables and no `RUST_LOG`, and waits for the line
+    /// `code-analyzer listening on ADDRESS`.
+    fn start(folder: &Path, variables: &[(&str, String)]) -> EnvironmentServe {
+        let mut command = Command::new(BINARY);
+        command
+            .arg("serve")
+            .current_dir(folder)
+            .env_remove("RUST_LOG");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CODE_ANALYZER_") {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in variables {
+            command.env(name, value);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start code-analyzer serve");
+
+        // The reader keeps draining stderr after the start-up line, so the
+        // server never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (lines, received) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let address = loop {
+            match received.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    let address = line
+                        .split_once("listening on ")
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .map(str::to_string);
+                    seen.push(line);
+                    if let Some(address) = address {
+                        break address;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "serve printed no start-up line; stderr:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        };
+        EnvironmentServe { child, address }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+impl Drop for EnvironmentServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pushes one log entry to `server_url` through the client command.
+fn push_one_entry(folder: &Path, server_url: &str) {
+    let file = folder.join("one.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"timestamp": "2026-01-01T00:00:01Z", "level": "info", "message": "stored"}"#,
+    )
+    .unwrap();
+    let args = [
+        "push-logs",
+        path_text(&file),
+        "--json",
+        "--server",
+        server_url,
+    ];
+    let output = run(&args);
+    assert_success(&output, &args);
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["accepted_count"], 1, "{summary}");
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// Counts the log entries in the SQLite file at `database`.
+fn stored_log_entries(database: &Path) -> i64 {
+    let mut conn = common::open_sqlite(path_text(database));
+    diesel::sql_query("SELECT count(*) AS count FROM log_entries")
+        .get_result::<Count>(&mut conn)
+        .expect("cannot count the log entries")
+        .count
+}
+
+#[test]
+fn serve_reads_environment_variables() {
+    let folder = tempfile::TempDir::new().unwrap();
+    let database = folder.path().join("from-environment.db");
+    let server = EnvironmentServe::start(
+        folder.path(),
+        &[
+            ("CODE_ANALYZER_LISTEN", "127.0.0.1:0".to_string()),
+            (
+                "CODE_ANALYZER_DATABASE_URL",
+                format!("sqlite://{}", database.display()),
+            ),
+        ],
+    );
+
+    assert!(
+        server.address.starts_with("127.0.0.1:"),
+        "address {:?}",
+        server.address
+    );
+    assert_ne!(
+        server.address, "127.0.0.1:0",
+        "the log names the bound port"
+    );
+    push_one_entry(folder.path(), &server.url());
+    assert_eq!(stored_log_entries(&database), 1);
+    assert!(
+        !folder.path().join("analyzer.db").exists(),
+        "the default database was created although CODE_ANALYZER_DATABASE_URL is set"
+    );
+}
+
+#[test]
+fn serve_defaults_to_analyzer_db() {
+    let folder = tempfile::TempDir::new().unwrap();
+    let server = EnvironmentServe::start(
+        folder.path(),
+        &[("CODE_ANALYZER_LISTEN", "127.0.0.1:0".to_string())],
+    );
+
+    push_one_entry(folder.path(), &server.url());
+    assert_eq!(stored_log_entries(&folder.path().join("analyzer.db")), 1);
 }
 
 #[test]
@@ -624,6 +819,71 @@ fn grpcurl_describes_log_service() {
         "{stdout}"
     );
     assert!(stdout.contains("rpc QueryLogs"), "{stdout}");
+}
+
+/// Returns the services of an encoded descriptor set, with the lines that
+/// `grpcurl describe` prints for their methods, such as
+/// `rpc Check ( .grpc.health.v1.HealthCheckRequest ) returns ( .grpc.health.v1.HealthCheckResponse );`.
+fn described_methods(encoded: &[u8]) -> Vec<(String, Vec<String>)> {
+    let set = prost_types::FileDescriptorSet::decode(encoded).expect("invalid descriptor set");
+    let mut services = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            let methods = service
+                .method
+                .iter()
+                .map(|method| {
+                    let stream = |streaming: bool| if streaming { "stream " } else { "" };
+                    format!(
+                        "rpc {} ( {}{} ) returns ( {}{} );",
+                        method.name(),
+                        stream(method.client_streaming()),
+                        method.input_type(),
+                        stream(method.server_streaming()),
+                        method.output_type()
+                    )
+                })
+                .collect();
+            services.push((format!("{}.{}", file.package(), service.name()), methods));
+        }
+    }
+    services
+}
+
+#[test]
+fn grpcurl_describes_every_service() {
+    let server = ServeProcess::start();
+    let mut services = described_methods(code_analyzer::pb::FILE_DESCRIPTOR_SET);
+    services.extend(described_methods(tonic_health::pb::FILE_DESCRIPTOR_SET));
+    let names: Vec<&str> = services.iter().map(|(name, _)| name.as_str()).collect();
+    for service in [
+        "code_analyzer.v1.CrewService",
+        "code_analyzer.v1.AnalysisService",
+        "code_analyzer.v1.FixService",
+        "code_analyzer.v1.LogService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&service), "{service} missing from {names:?}");
+    }
+
+    for (service, methods) in &services {
+        let Some(output) = grpcurl(&server, None, &["describe", service]) else {
+            return;
+        };
+        assert_success_grpcurl(&output);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains(&format!("{service} is a service:")),
+            "{stdout}"
+        );
+        assert!(!methods.is_empty(), "{service} has no methods");
+        for method in methods {
+            assert!(
+                stdout.contains(method.as_str()),
+                "{method} missing from:\n{stdout}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The Prometheus endpoint and the one log line per call, read from a real
-//! `serve` process.
+//! The Prometheus endpoint, the one log line per call, and the real error
+//! behind a generic INTERNAL status, read from a real `serve` process.
 
 mod common;
 
@@ -9,8 +9,8 @@ use std::net::TcpStream;
 use code_analyzer::pb;
 use code_analyzer::pb::crew_service_client::CrewServiceClient;
 use code_analyzer::pb::log_service_client::LogServiceClient;
-use common::log_entry;
 use common::process::ServeProcess;
+use common::{Backend, TestDatabase, log_entry, wait_until};
 use serde_json::Value;
 use tonic::Code;
 
@@ -186,4 +186,70 @@ async fn call_log_level_follows_code() {
     assert_eq!(missing[0]["level"], "INFO");
     assert_eq!(missing[0]["fields"]["code"], "NotFound");
     assert_eq!(missing[0]["fields"]["message"], "call refused or failed");
+}
+
+/// Returns the JSON log lines of `server` whose `fields.message` is `message`.
+fn lines_with_message(server: &ServeProcess, message: &str) -> Vec<Value> {
+    server
+        .stderr_lines()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == message)
+        .collect()
+}
+
+/// Checks that a query on a dropped table fails with a generic INTERNAL
+/// status and that the server logs the database's own error once.
+async fn internal_error_is_generic_and_logged(backend: Backend) {
+    let Some(database) = TestDatabase::create(backend) else {
+        return;
+    };
+    let server = ServeProcess::start(database.url(), &[]);
+    let mut logs = LogServiceClient::new(server.channel().await);
+    database.execute("DROP TABLE log_entries");
+
+    let status = logs
+        .query_logs(pb::QueryLogsRequest::default())
+        .await
+        .expect_err("a query on a dropped table must fail");
+    assert_eq!(status.code(), Code::Internal, "{}", status.message());
+    assert_eq!(status.message(), "internal database error");
+    assert!(status.details().is_empty(), "{:?}", status.details());
+
+    // The call's own line is written after the error, when the response ends.
+    let method = "code_analyzer.v1.LogService/QueryLogs";
+    wait_until("the log line of the failed QueryLogs call", || {
+        lines_with_message(&server, "call failed on the server")
+            .iter()
+            .any(|line| line["fields"]["method"] == method)
+    })
+    .await;
+    let database_error = match backend {
+        Backend::Sqlite => "no such table: log_entries",
+        Backend::Postgres => "relation \"log_entries\" does not exist",
+    };
+    let logged = lines_with_message(&server, "database error");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["level"], "ERROR");
+    let error = logged[0]["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(database_error), "{error:?}");
+    // Log lines are JSON, which escapes the quotes of PostgreSQL's message.
+    let escaped = serde_json::to_string(database_error).unwrap();
+    let escaped = escaped.trim_matches('"');
+    let mentions = server
+        .stderr_lines()
+        .iter()
+        .filter(|line| line.contains(escaped))
+        .count();
+    assert_eq!(mentions, 1, "the error is logged once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_error_is_generic_and_logged_sqlite() {
+    internal_error_is_generic_and_logged(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_error_is_generic_and_logged_postgres() {
+    internal_error_is_generic_and_logged(Backend::Postgres).await;
 }

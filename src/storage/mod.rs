@@ -660,4 +660,57 @@ mod tests {
         assert!(parse_database_url("sqlite://").is_err());
         assert!(parse_database_url("mysql://h/db").is_err());
     }
+
+    /// Reads one integer or text pragma as text.
+    fn pragma(conn: &mut SqliteConnection, name: &str) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Value {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        // The pragma's table function names its column after the pragma,
+        // except for busy_timeout.
+        let column = if name == "busy_timeout" {
+            "timeout"
+        } else {
+            name
+        };
+        diesel::sql_query(format!(
+            "SELECT CAST({column} AS TEXT) AS value FROM pragma_{name}"
+        ))
+        .get_result::<Value>(conn)
+        .unwrap()
+        .value
+    }
+
+    #[test]
+    fn sqlite_pragmas_make_writes_durable() {
+        let folder = tempfile::TempDir::new().unwrap();
+        let path = folder.path().join("pragmas.db");
+        for writer in [false, true] {
+            let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+            // Start from the opposite of every setting, whatever SQLite's
+            // compiled-in defaults are.
+            conn.batch_execute(
+                "PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF; \
+                 PRAGMA journal_mode = DELETE; PRAGMA busy_timeout = 0;",
+            )
+            .unwrap();
+            let pragmas = SqlitePragmas {
+                busy_timeout: Duration::from_millis(4_321),
+                writer,
+            };
+            pragmas.apply(&mut conn).unwrap();
+            assert_eq!(pragma(&mut conn, "journal_mode"), "wal");
+            assert_eq!(pragma(&mut conn, "synchronous"), "2", "FULL");
+            assert_eq!(pragma(&mut conn, "foreign_keys"), "1");
+            assert_eq!(pragma(&mut conn, "busy_timeout"), "4321");
+            let temp_store = if writer { "2" } else { "0" };
+            assert_eq!(
+                pragma(&mut conn, "temp_store"),
+                temp_store,
+                "MEMORY for the writer"
+            );
+        }
+    }
 }

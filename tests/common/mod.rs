@@ -251,6 +251,21 @@ impl TestDatabase {
         .unwrap_or_else(|error| panic!("query {sql:?} failed: {error}"));
         row.value
     }
+
+    /// Runs statements that return no rows, on a connection of its own.
+    pub fn execute(&self, sql: &str) {
+        use diesel::connection::SimpleConnection;
+        match self {
+            TestDatabase::Sqlite { path, .. } => {
+                let path = path.to_str().expect("temporary path is not UTF-8");
+                open_sqlite(path).batch_execute(sql)
+            }
+            TestDatabase::Postgres { url, .. } => PgConnection::establish(url)
+                .expect("cannot connect to the test database")
+                .batch_execute(sql),
+        }
+        .unwrap_or_else(|error| panic!("statement {sql:?} failed: {error}"));
+    }
 }
 
 impl Drop for TestDatabase {
@@ -326,7 +341,20 @@ impl TestServer {
         if let Err(error) = applied {
             panic!("migrations failed on {}: {error}", database.url());
         }
+        Some(Self::serve_storage(database, storage, options).await)
+    }
 
+    /// Serves `storage`, which must be migrated, on 127.0.0.1:0. A test that
+    /// keeps a clone of `storage` takes connections from the server's own pool.
+    pub async fn serve_storage(
+        database: TestDatabase,
+        storage: Storage,
+        options: ServerOptions,
+    ) -> TestServer {
+        let backend = match database {
+            TestDatabase::Sqlite { .. } => Backend::Sqlite,
+            TestDatabase::Postgres { .. } => Backend::Postgres,
+        };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("cannot bind 127.0.0.1:0");
@@ -348,7 +376,7 @@ impl TestServer {
             .unwrap_or_else(|error| {
                 panic!("cannot connect to the test server on {address}: {error}")
             });
-        Some(TestServer {
+        TestServer {
             address,
             backend,
             crew: CrewServiceClient::new(channel.clone()),
@@ -359,7 +387,7 @@ impl TestServer {
             shutdown: Some(shutdown),
             task,
             database,
-        })
+        }
     }
 
     /// Creates a PENDING crew output and returns it.
@@ -619,6 +647,23 @@ pub fn nested_struct(depth: usize) -> Struct {
         document = serde_json::json!({ "a": document });
     }
     to_struct(document)
+}
+
+/// Maximum time `wait_until` waits before it fails the test.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Polls `condition` every 20 ms until it holds, for states that another
+/// thread or process reaches later, such as a log line or a database
+/// session. Fails the test with `what` after `WAIT_TIMEOUT`.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT_TIMEOUT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {WAIT_TIMEOUT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Returns the error of a call that must fail.

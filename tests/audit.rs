@@ -1,6 +1,7 @@
 //! The audit trail on both backends: every change writes an event in its
-//! own transaction, events list with filters and paging, and a tampered or
-//! removed event is found by VerifyAuditTrail.
+//! own transaction, events list with filters and paging, the database
+//! refuses to change or delete an event, and an event tampered with or
+//! removed once those guards are dropped is found by VerifyAuditTrail.
 
 mod common;
 
@@ -8,7 +9,7 @@ use code_analyzer::pb;
 use code_analyzer::pb::audit_service_client::AuditServiceClient;
 use code_analyzer::pb::task_service_client::TaskServiceClient;
 use code_analyzer::pb::{CrewOutputStatus, FindingStatus, FixStatus};
-use common::{TestServer, assert_status, expect_error};
+use common::{TestDatabase, TestServer, assert_status, expect_error};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -185,6 +186,133 @@ async fn changes_write_events(mut server: TestServer) {
     );
 }
 
+async fn task_changes_write_events(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    let enqueue = pb::EnqueueTaskRequest {
+        queue: "ops".to_string(),
+        ..Default::default()
+    };
+    let mut enqueue_one = async || {
+        let response = tasks.enqueue_task(enqueue.clone()).await.unwrap();
+        response.into_inner().task.unwrap()
+    };
+    let kept = enqueue_one().await;
+    let dropped = enqueue_one().await;
+    let claim = |seconds: i64, nanos: i32| pb::ClaimTasksRequest {
+        queue: "ops".to_string(),
+        worker: "w1".to_string(),
+        max_tasks: 2,
+        lease: Some(prost_types::Duration { seconds, nanos }),
+    };
+    // The first leases run out, and the next claim hands both tasks out again.
+    tasks.claim_tasks(claim(0, 100_000_000)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let claimed = tasks
+        .claim_tasks(claim(60, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(claimed.len(), 2);
+    let token = |id: i64| {
+        claimed
+            .iter()
+            .find(|task| task.id == id)
+            .unwrap()
+            .lease_token
+            .clone()
+    };
+    tasks
+        .heartbeat_task(pb::HeartbeatTaskRequest {
+            task_id: kept.id,
+            lease_token: token(kept.id),
+            lease: None,
+        })
+        .await
+        .unwrap();
+    tasks
+        .fail_task(pb::FailTaskRequest {
+            task_id: dropped.id,
+            lease_token: token(dropped.id),
+            error: "crashed".to_string(),
+            permanent: true,
+        })
+        .await
+        .unwrap();
+    tasks
+        .retry_task(pb::RetryTaskRequest { id: dropped.id })
+        .await
+        .unwrap();
+    tasks
+        .cancel_task(pb::CancelTaskRequest { id: dropped.id })
+        .await
+        .unwrap();
+    tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: kept.id,
+            lease_token: token(kept.id),
+            result: Some(pb::TaskResult {
+                crew_name: "auditor".to_string(),
+                output_type: "review".to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+    let actions_of = |id: i64| {
+        let server = &server;
+        async move {
+            let mut listed = events(
+                server,
+                pb::ListAuditEventsRequest {
+                    record_type: "task".to_string(),
+                    record_id: id,
+                    ..Default::default()
+                },
+            )
+            .await
+            .events;
+            listed.reverse();
+            listed
+                .into_iter()
+                .map(|event| event.action)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        actions_of(kept.id).await,
+        [
+            "task.enqueue",
+            "task.claim",
+            "task.lease_expired",
+            "task.claim",
+            "task.heartbeat",
+            "task.complete",
+        ]
+    );
+    assert_eq!(
+        actions_of(dropped.id).await,
+        [
+            "task.enqueue",
+            "task.claim",
+            "task.lease_expired",
+            "task.claim",
+            "task.fail",
+            "task.retry",
+            "task.cancel",
+        ]
+    );
+    // The completion's crew output is recorded with its own event.
+    let all = all_actions(&server).await;
+    assert_eq!(
+        all.iter()
+            .filter(|action| *action == "crew_output.import")
+            .count(),
+        1
+    );
+}
+
 async fn failed_change_writes_no_event(mut server: TestServer) {
     let run = server.create_crew_output("auditor").await;
     set_status(&mut server, run.id, CrewOutputStatus::Succeeded)
@@ -277,6 +405,53 @@ async fn verify(server: &TestServer) -> pb::VerifyAuditTrailResponse {
         .into_inner()
 }
 
+/// Runs one statement on a connection of its own and returns the
+/// database's error text, if any.
+fn try_execute(database: &TestDatabase, sql: &str) -> Result<(), String> {
+    use diesel::{Connection, RunQueryDsl};
+    let result = match database {
+        TestDatabase::Sqlite { path, .. } => {
+            diesel::sql_query(sql).execute(&mut common::open_sqlite(path.to_str().unwrap()))
+        }
+        TestDatabase::Postgres { url, .. } => {
+            diesel::sql_query(sql).execute(&mut diesel::PgConnection::establish(url).unwrap())
+        }
+    };
+    result.map(drop).map_err(|error| error.to_string())
+}
+
+/// Removes the triggers that keep audit events append-only, as someone
+/// with the rights to change the schema could.
+fn drop_append_only_triggers(database: &TestDatabase) {
+    let on_table = match database {
+        TestDatabase::Sqlite { .. } => "",
+        TestDatabase::Postgres { .. } => " ON audit_events",
+    };
+    database.execute(&format!(
+        "DROP TRIGGER audit_events_no_update{on_table}; \
+         DROP TRIGGER audit_events_no_delete{on_table};"
+    ));
+}
+
+async fn database_refuses_changed_events(mut server: TestServer) {
+    change_everything(&mut server).await;
+    for sql in [
+        "UPDATE audit_events SET actor = 'someone else' WHERE id = 2",
+        "DELETE FROM audit_events WHERE id = 2",
+    ] {
+        let error = try_execute(&server.database, sql).unwrap_err();
+        assert!(
+            error.contains("audit events are append-only"),
+            "{sql}: {error}"
+        );
+    }
+    if let TestDatabase::Postgres { .. } = server.database {
+        let error = try_execute(&server.database, "TRUNCATE audit_events").unwrap_err();
+        assert!(error.contains("audit events are append-only"), "{error}");
+    }
+    assert!(verify(&server).await.intact);
+}
+
 async fn tampered_event_is_found(mut server: TestServer) {
     change_everything(&mut server).await;
     let intact = verify(&server).await;
@@ -284,6 +459,7 @@ async fn tampered_event_is_found(mut server: TestServer) {
     assert_eq!(intact.checked_count, 9);
     assert_eq!(intact.first_broken_event_id, 0);
 
+    drop_append_only_triggers(&server.database);
     server.database.query_text(
         "UPDATE audit_events SET after = '{\"status\": 99}' WHERE id = 4 \
          RETURNING CAST(id AS TEXT) AS value",
@@ -297,6 +473,7 @@ async fn tampered_event_is_found(mut server: TestServer) {
 
 async fn removed_event_is_found(mut server: TestServer) {
     change_everything(&mut server).await;
+    drop_append_only_triggers(&server.database);
     server
         .database
         .query_text("DELETE FROM audit_events WHERE id = 2 RETURNING CAST(id AS TEXT) AS value");
@@ -311,8 +488,10 @@ async fn removed_event_is_found(mut server: TestServer) {
 
 backend_tests! {
     changes_write_events,
+    task_changes_write_events,
     failed_change_writes_no_event,
     list_filters_and_pages,
+    database_refuses_changed_events,
     tampered_event_is_found,
     removed_event_is_found,
 }

@@ -6,7 +6,8 @@
 //! event's own fields, so an event changed or removed after the fact breaks
 //! the chain at that point. Appends are serialized: on SQLite by its single
 //! writer, on PostgreSQL by a transaction-scoped advisory lock, so two
-//! replicas never chain onto the same event.
+//! replicas never chain onto the same event. A transaction that appends
+//! takes that lock before anything else (see `transaction`).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::models::{AuditEventRow, NewAuditEventRow};
 use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::audit_events;
+use super::transaction as plain_transaction;
 use super::{Conn, StorageError, now_micros, with_conn};
 
 /// The actor of events written without an authenticated caller, as when
@@ -162,13 +164,37 @@ fn row_hash(row: &AuditEventRow) -> String {
     )
 }
 
-/// Appends one event; call it inside the transaction of the change.
-pub fn append(conn: &mut Conn, change: Change<'_>) -> Result<(), StorageError> {
+/// Runs `work` in a transaction (see `storage::transaction`) that may
+/// append events. On PostgreSQL it takes the chain's lock first, so every
+/// audited transaction locks the chain before any row. Without that order,
+/// one that holds a row and waits for the chain and another that holds the
+/// chain and waits for that row would deadlock, as an update of a finding
+/// and the analysis of a finished run touching the same finding could.
+pub fn transaction<T>(
+    conn: &mut Conn,
+    work: impl FnOnce(&mut Conn) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    plain_transaction(conn, |conn| {
+        lock_chain(conn)?;
+        work(conn)
+    })
+}
+
+/// Takes the chain's advisory lock on PostgreSQL until the transaction
+/// ends; taking it again in the same transaction returns at once.
+fn lock_chain(conn: &mut Conn) -> Result<(), StorageError> {
     if let Conn::Postgres(c) = conn {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
             .bind::<diesel::sql_types::BigInt, _>(APPEND_LOCK_KEY)
             .execute(&mut **c)?;
     }
+    Ok(())
+}
+
+/// Appends one event; call it inside the transaction of the change, which
+/// `transaction` opens.
+pub fn append(conn: &mut Conn, change: Change<'_>) -> Result<(), StorageError> {
+    lock_chain(conn)?;
     let previous_hash: Option<String> = with_conn!(conn, c => {
         audit_events::table
             .order(audit_events::id.desc())

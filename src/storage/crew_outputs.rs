@@ -9,7 +9,7 @@ use super::schema::{
     code_analysis_results as findings, crew_outputs, error_handling_results as fixes, fix_findings,
     log_entries,
 };
-use super::{Conn, StorageError, now_micros, state, transaction, with_conn};
+use super::{Conn, StorageError, now_micros, state, with_conn};
 use crate::pb::CrewOutputStatus;
 
 /// Filters of `list`; `None` matches everything.
@@ -97,7 +97,7 @@ pub fn insert(conn: &mut Conn, row: &NewCrewOutputRow) -> Result<CrewOutputRow, 
 
 /// Inserts a crew output and its audit event in one transaction.
 pub fn create(conn: &mut Conn, row: &NewCrewOutputRow) -> Result<CrewOutputRow, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let created = insert(conn, row)?;
         audit::append(
             conn,
@@ -214,7 +214,7 @@ pub fn update(
     id: i64,
     changes: CrewOutputChanges,
 ) -> Result<CrewOutputRow, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let current = get_for_update(conn, id)?;
 
         let mut next = current.clone();
@@ -302,7 +302,7 @@ pub fn update(
 /// write waits until a run with very many findings is deleted. Retention
 /// deletes in batches instead.
 pub fn delete(conn: &mut Conn, id: i64, force: bool) -> Result<DeletedCrewOutput, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let current = get_for_update(conn, id)?;
         if current.keep != 0 && !force {
             return Err(StorageError::FailedPrecondition(format!(

@@ -6,10 +6,7 @@ use super::audit::{self, Change};
 use super::models::{FindingRow, NewFindingRow};
 use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::code_analysis_results as findings;
-use super::{
-    Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, state, transaction,
-    with_conn,
-};
+use super::{Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, state, with_conn};
 
 /// Rows per multi-row `INSERT` on PostgreSQL: 16 columns each keeps a
 /// statement under the protocol's limit of 65,535 bind parameters.
@@ -58,7 +55,7 @@ pub fn insert_batch(
     rows: Vec<NewFindingRow>,
 ) -> Result<Vec<FindingRow>, StorageError> {
     let mut rows = rows;
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let run = crew_outputs::get(conn, crew_output_id)?;
         let ids = state::insert_findings(conn, &run.crew_name, &mut rows)?;
         let summary = serde_json::json!({
@@ -342,7 +339,7 @@ pub fn update_status(
     reason: &str,
     dismiss_reason: i32,
 ) -> Result<FindingRow, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let before = get(conn, id)?;
         let updated = set_status(conn, id, status, reason, dismiss_reason)?;
         audit::append(

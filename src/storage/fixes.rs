@@ -9,9 +9,7 @@ use super::audit::{self, Change};
 use super::models::{FixFindingRow, FixRow, FixWithFindings, NewFixRow};
 use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::{code_analysis_results, error_handling_results as fixes, fix_findings};
-use super::{
-    Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, transaction, with_conn,
-};
+use super::{Conn, StorageError, crew_outputs, insert_returning_ids, now_micros, with_conn};
 
 /// Filters of `list`; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -120,7 +118,7 @@ pub fn insert(
     finding_ids: Vec<i64>,
 ) -> Result<FixWithFindings, StorageError> {
     let finding_ids: BTreeSet<i64> = finding_ids.into_iter().collect();
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         crew_outputs::ensure_exists(conn, row.crew_output_id)?;
         check_findings(conn, row.crew_output_id, &finding_ids)?;
         let id = insert_rows(conn, std::slice::from_ref(&row))?[0];
@@ -257,7 +255,7 @@ pub fn update(
     id: i64,
     changes: FixChanges,
 ) -> Result<FixWithFindings, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let current = get_for_update(conn, id)?;
         let status = changes.status.unwrap_or(current.status);
         let description = changes

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::audit::{self, Change};
 use super::models::{FixFindingRow, NewCrewOutputRow, NewFindingRow, NewFixRow};
-use super::{Conn, StorageError, crew_outputs, fixes, state, transaction};
+use super::{Conn, StorageError, crew_outputs, fixes, state};
 
 /// One run to import. `fixes` pairs each fix with the indexes of the
 /// findings in `findings` it addresses; `crew_output_id` of the rows is
@@ -30,7 +30,7 @@ pub fn import_runs(
     conn: &mut Conn,
     runs: Vec<RunImport>,
 ) -> Result<Vec<ImportedRun>, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let mut imported = Vec::with_capacity(runs.len());
         for mut run in runs {
             let run_row = crew_outputs::insert(conn, &run.crew_output)?;

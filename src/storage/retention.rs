@@ -290,7 +290,7 @@ pub fn delete_expired_runs(
     cutoff: i64,
     budget: i64,
 ) -> Result<RunBatch, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let candidates = expired_runs(conn, cutoff, budget)?;
         let mut batch = RunBatch {
             candidates: candidates.len(),

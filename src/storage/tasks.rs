@@ -15,7 +15,7 @@ use super::imports::{self, RunImport};
 use super::models::{NewTaskRow, TaskRow};
 use super::paging::{Cursor, Page, PageRequest, count_bounded, total_or_count};
 use super::schema::tasks;
-use super::{Conn, StorageError, transaction, with_conn};
+use super::{Conn, StorageError, with_conn};
 use crate::pb::TaskState;
 
 /// Maximum wait between two attempts, in milliseconds.
@@ -92,7 +92,7 @@ pub fn enqueue(conn: &mut Conn, row: &NewTaskRow) -> Result<(TaskRow, bool), Sto
     {
         return Ok((existing, true));
     }
-    let inserted = transaction(conn, |conn| {
+    let inserted = audit::transaction(conn, |conn| {
         let task: TaskRow = with_conn!(conn, c => {
             diesel::insert_into(tasks::table)
                 .values(row)
@@ -177,7 +177,7 @@ fn release_expired(conn: &mut Conn, queue: &str, now: i64) -> Result<(), Storage
 /// Leases up to `claim.max_tasks` ready tasks to one worker; returns them
 /// highest priority first, then oldest.
 pub fn claim(conn: &mut Conn, claim: &Claim) -> Result<Vec<TaskRow>, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         release_expired(conn, &claim.queue, claim.now)?;
         macro_rules! run_claim {
             ($c:expr, $sql:expr) => {
@@ -222,7 +222,7 @@ fn stale_lease(conn: &mut Conn, id: i64) -> StorageError {
     }
 }
 
-/// Extends the lease of a claimed task.
+/// Extends the lease of a claimed task, with an audit event.
 pub fn heartbeat(
     conn: &mut Conn,
     id: i64,
@@ -230,23 +230,30 @@ pub fn heartbeat(
     now: i64,
     lease_expires_at: i64,
 ) -> Result<TaskRow, StorageError> {
-    let updated: Option<TaskRow> = with_conn!(conn, c => {
-        diesel::update(
-            tasks::table
-                .find(id)
-                .filter(tasks::state.eq(TaskState::Leased as i32))
-                .filter(tasks::lease_token.eq(lease_token)),
-        )
-        .set((
-            tasks::lease_expires_at.eq(lease_expires_at),
-            tasks::revision.eq(tasks::revision + 1),
-            tasks::updated_at.eq(now),
-        ))
-        .returning(TaskRow::as_returning())
-        .get_result(c)
-        .optional()?
-    });
-    updated.ok_or_else(|| stale_lease(conn, id))
+    audit::transaction(conn, |conn| {
+        let updated: Option<TaskRow> = with_conn!(conn, c => {
+            diesel::update(
+                tasks::table
+                    .find(id)
+                    .filter(tasks::state.eq(TaskState::Leased as i32))
+                    .filter(tasks::lease_token.eq(lease_token)),
+            )
+            .set((
+                tasks::lease_expires_at.eq(lease_expires_at),
+                tasks::revision.eq(tasks::revision + 1),
+                tasks::updated_at.eq(now),
+            ))
+            .returning(TaskRow::as_returning())
+            .get_result(c)
+            .optional()?
+        });
+        let task = updated.ok_or_else(|| stale_lease(conn, id))?;
+        audit::append(
+            conn,
+            Change::of("task.heartbeat", "task", id, None, Some(&task)),
+        )?;
+        Ok(task)
+    })
 }
 
 /// Ends the current lease of a task if `lease_token` matches it, setting
@@ -290,7 +297,7 @@ pub fn complete(
     result: Option<RunImport>,
     now: i64,
 ) -> Result<(TaskRow, Option<i64>), StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let mut task = finish_lease(conn, id, lease_token, TaskState::Succeeded, now)?;
         let Some(run) = result else {
             audit::append(
@@ -324,7 +331,7 @@ pub fn fail(
     permanent: bool,
     now: i64,
 ) -> Result<TaskRow, StorageError> {
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let current = get(conn, id)?;
         let dead = permanent || current.attempts >= current.max_attempts;
         let state = if dead {
@@ -409,7 +416,7 @@ fn operator_move(
     } else {
         "task.cancel"
     };
-    transaction(conn, |conn| {
+    audit::transaction(conn, |conn| {
         let before = get(conn, id)?;
         let moved = move_state(conn, id, from, to, now)?;
         audit::append(

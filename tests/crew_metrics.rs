@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use code_analyzer::pb::stats_service_client::StatsServiceClient;
+use code_analyzer::pb::task_service_client::TaskServiceClient;
 use code_analyzer::pb::{self, CrewOutputStatus};
 use common::{TestServer, assert_status, expect_error};
 use tonic::Code;
@@ -93,6 +94,62 @@ async fn crew_metrics_cover_window(mut server: TestServer) {
     assert_eq!(crew.window.unwrap().seconds, 7 * 24 * 3_600);
 }
 
+async fn task_runs_last_from_their_lease(server: TestServer) {
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    tasks
+        .enqueue_task(pb::EnqueueTaskRequest {
+            queue: "review".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let task = tasks
+        .claim_tasks(pb::ClaimTasksRequest {
+            queue: "review".to_string(),
+            worker: "w1".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .remove(0);
+    let leased_at = task.leased_at.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let done = tasks
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task.id,
+            lease_token: task.lease_token,
+            result: Some(pb::TaskResult {
+                crew_name: "queued".to_string(),
+                output_type: "review".to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let output = done.crew_output.unwrap();
+    assert_eq!(output.started_at, Some(leased_at));
+    assert_eq!(done.task.unwrap().leased_at, Some(leased_at));
+
+    let crew = server
+        .crew
+        .clone()
+        .get_crew(pb::GetCrewRequest {
+            crew_name: "queued".to_string(),
+            window: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        crew.duration_p50_ms >= 30.0,
+        "p50 {} ms",
+        crew.duration_p50_ms
+    );
+}
+
 async fn get_crew_rejects_unknown_and_bad_window(server: TestServer) {
     let mut crews = server.crew.clone();
     let status = expect_error(
@@ -166,6 +223,25 @@ async fn stats_count_everything(mut server: TestServer) {
         .await
         .unwrap();
 
+    let mut tasks = TaskServiceClient::new(server.channel.clone());
+    for queue in ["lint", "lint", "fix"] {
+        tasks
+            .enqueue_task(pb::EnqueueTaskRequest {
+                queue: queue.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    tasks
+        .claim_tasks(pb::ClaimTasksRequest {
+            queue: "lint".to_string(),
+            worker: "w1".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
     let stats = StatsServiceClient::new(server.channel.clone())
         .get_stats(pb::GetStatsRequest {})
         .await
@@ -174,6 +250,20 @@ async fn stats_count_everything(mut server: TestServer) {
     assert_eq!(stats.crew_outputs, 1);
     assert_eq!(stats.findings, 2);
     assert_eq!(stats.log_entries, 3);
+    assert_eq!(stats.fixes, 0);
+    assert_eq!(stats.tasks, 3);
+    assert_eq!(
+        count(&stats.tasks_by_queue_and_state, "lint/TASK_STATE_QUEUED"),
+        1
+    );
+    assert_eq!(
+        count(&stats.tasks_by_queue_and_state, "lint/TASK_STATE_LEASED"),
+        1
+    );
+    assert_eq!(
+        count(&stats.tasks_by_queue_and_state, "fix/TASK_STATE_QUEUED"),
+        1
+    );
     assert_eq!(count(&stats.findings_by_priority, "PRIORITY_HIGH"), 1);
     assert_eq!(count(&stats.findings_by_priority, "PRIORITY_MEDIUM"), 1);
     assert_eq!(count(&stats.findings_by_status, "FINDING_STATUS_OPEN"), 2);
@@ -187,6 +277,7 @@ async fn stats_count_everything(mut server: TestServer) {
 
 backend_tests! {
     crew_metrics_cover_window,
+    task_runs_last_from_their_lease,
     get_crew_rejects_unknown_and_bad_window,
     list_crews_pages_by_name,
     stats_count_everything,

@@ -318,9 +318,58 @@ async fn dedupe_key_returns_first_task(server: TestServer) {
         })
         .await
         .unwrap();
-    let third = tasks.enqueue_task(request).await.unwrap().into_inner();
+    let third = tasks
+        .enqueue_task(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!third.deduplicated);
-    assert_ne!(third.task.unwrap().id, first.task.unwrap().id);
+    let third = third.task.unwrap();
+    assert_ne!(third.id, first.task.unwrap().id);
+
+    // A leased task still holds its key; a cancelled one frees it.
+    claim(&mut tasks, "analysis", "w1", 1, 30_000).await;
+    let again = tasks
+        .enqueue_task(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.deduplicated);
+    assert_eq!(again.task.unwrap().id, third.id);
+    tasks
+        .cancel_task(pb::CancelTaskRequest { id: third.id })
+        .await
+        .unwrap();
+    let fourth = tasks.enqueue_task(request).await.unwrap().into_inner();
+    assert!(!fourth.deduplicated);
+    assert_ne!(fourth.task.unwrap().id, third.id);
+}
+
+async fn concurrent_enqueues_share_one_dedupe_key(server: TestServer) {
+    let mut request = enqueue_request("analysis");
+    request.dedupe_key = "repo:crewAI@def456".to_string();
+    let calls = (0..8).map(|_| {
+        let mut tasks = TaskServiceClient::new(server.channel.clone());
+        let request = request.clone();
+        tokio::spawn(async move { tasks.enqueue_task(request).await.unwrap().into_inner() })
+    });
+    let mut responses = Vec::new();
+    for call in calls {
+        responses.push(call.await.unwrap());
+    }
+    let created = responses
+        .iter()
+        .filter(|response| !response.deduplicated)
+        .count();
+    assert_eq!(
+        created, 1,
+        "one enqueue creates the task, the others get it"
+    );
+    let ids: std::collections::BTreeSet<i64> = responses
+        .iter()
+        .map(|response| response.task.as_ref().unwrap().id)
+        .collect();
+    assert_eq!(ids.len(), 1);
 }
 
 async fn claim_orders_by_priority_then_age(server: TestServer) {
@@ -377,16 +426,32 @@ async fn stale_lease_token_is_rejected(server: TestServer) {
         Code::FailedPrecondition,
         &format!("the lease token of task {} is not the current one", task.id),
     );
+    let stale = format!(
+        "the lease token of task {} is not the current one: the task is TASK_STATE_LEASED \
+         (worker \"fast-worker\", attempt 2); claim it again",
+        task.id
+    );
     let status = expect_error(
         tasks
             .heartbeat_task(pb::HeartbeatTaskRequest {
                 task_id: task.id,
-                lease_token: first.lease_token,
+                lease_token: first.lease_token.clone(),
                 lease: None,
             })
             .await,
     );
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_status(&status, Code::FailedPrecondition, &stale);
+    let status = expect_error(
+        tasks
+            .fail_task(pb::FailTaskRequest {
+                task_id: task.id,
+                lease_token: first.lease_token,
+                error: "too late".to_string(),
+                permanent: false,
+            })
+            .await,
+    );
+    assert_status(&status, Code::FailedPrecondition, &stale);
 
     let status = expect_error(
         tasks
@@ -667,6 +732,7 @@ backend_tests! {
     enqueue_sets_defaults,
     enqueue_rejects_bad_fields,
     dedupe_key_returns_first_task,
+    concurrent_enqueues_share_one_dedupe_key,
     claim_orders_by_priority_then_age,
     stale_lease_token_is_rejected,
     heartbeat_extends_lease,

@@ -255,6 +255,7 @@ pub fn task(row: TaskRow, with_lease_token: bool) -> pb::Task {
         created_at: Some(micros_to_timestamp(row.created_at)),
         updated_at: Some(micros_to_timestamp(row.updated_at)),
         finished_at: optional_timestamp(row.finished_at),
+        leased_at: optional_timestamp(row.leased_at),
     }
 }
 

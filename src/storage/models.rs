@@ -192,6 +192,7 @@ pub struct TaskRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    pub leased_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Insertable)]

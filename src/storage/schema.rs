@@ -127,6 +127,7 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         finished_at -> Nullable<BigInt>,
+        leased_at -> Nullable<BigInt>,
     }
 }
 

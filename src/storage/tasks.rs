@@ -123,14 +123,15 @@ pub fn enqueue(conn: &mut Conn, row: &NewTaskRow) -> Result<(TaskRow, bool), Sto
 }
 
 const SQLITE_CLAIM: &str = "UPDATE tasks SET state = 2, worker = ?, lease_token = ?, \
-     lease_expires_at = ?, attempts = attempts + 1, revision = revision + 1, updated_at = ? \
+     lease_expires_at = ?, attempts = attempts + 1, revision = revision + 1, updated_at = ?, \
+     leased_at = ? \
      WHERE id IN (SELECT id FROM tasks WHERE queue = ? AND state = 1 AND run_at <= ? \
      ORDER BY priority DESC, id LIMIT ?) RETURNING *";
 
 const POSTGRES_CLAIM: &str = "UPDATE tasks SET state = 2, worker = $1, lease_token = $2, \
-     lease_expires_at = $3, attempts = attempts + 1, revision = revision + 1, updated_at = $4 \
-     WHERE id IN (SELECT id FROM tasks WHERE queue = $5 AND state = 1 AND run_at <= $6 \
-     ORDER BY priority DESC, id LIMIT $7 FOR UPDATE SKIP LOCKED) RETURNING *";
+     lease_expires_at = $3, attempts = attempts + 1, revision = revision + 1, updated_at = $4, \
+     leased_at = $5 WHERE id IN (SELECT id FROM tasks WHERE queue = $6 AND state = 1 \
+     AND run_at <= $7 ORDER BY priority DESC, id LIMIT $8 FOR UPDATE SKIP LOCKED) RETURNING *";
 
 /// Puts tasks whose lease expired back in the queue, or moves them to DEAD
 /// when the expired claim was their last attempt.
@@ -185,6 +186,7 @@ pub fn claim(conn: &mut Conn, claim: &Claim) -> Result<Vec<TaskRow>, StorageErro
                     .bind::<Text, _>(&claim.worker)
                     .bind::<Text, _>(&claim.lease_token)
                     .bind::<BigInt, _>(claim.lease_expires_at)
+                    .bind::<BigInt, _>(claim.now)
                     .bind::<BigInt, _>(claim.now)
                     .bind::<Text, _>(&claim.queue)
                     .bind::<BigInt, _>(claim.now)
@@ -299,13 +301,15 @@ pub fn complete(
 ) -> Result<(TaskRow, Option<i64>), StorageError> {
     audit::transaction(conn, |conn| {
         let mut task = finish_lease(conn, id, lease_token, TaskState::Succeeded, now)?;
-        let Some(run) = result else {
+        let Some(mut run) = result else {
             audit::append(
                 conn,
                 Change::of("task.complete", "task", id, None, Some(&task)),
             )?;
             return Ok((task, None));
         };
+        // The run began when the worker's lease did.
+        run.crew_output.started_at = run.crew_output.started_at.or(task.leased_at);
         let crew_output_id = imports::import_runs(conn, vec![run])?[0].crew_output_id;
         task = with_conn!(conn, c => {
             diesel::update(tasks::table.find(id))

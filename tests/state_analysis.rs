@@ -228,6 +228,24 @@ async fn compare_small_runs_pages_all_kinds(mut server: TestServer) {
         ),
         (0, 1, 1)
     );
+
+    // Every finding here is HIGH (SARIF level "error").
+    let counts = |response: pb::CompareRunsResponse| {
+        (
+            response.new_count,
+            response.persisting_count,
+            response.resolved_count,
+        )
+    };
+    let mut high = compare_request(base, head);
+    high.min_priority = pb::Priority::High as i32;
+    assert_eq!(counts(compare(&mut server, high).await), (1, 1, 2));
+    let mut critical = compare_request(base, head);
+    critical.min_priority = pb::Priority::Critical as i32;
+    assert_eq!(counts(compare(&mut server, critical).await), (0, 0, 0));
+    let mut prefix = compare_request(base, head);
+    prefix.file_path_prefix = "b.".to_string();
+    assert_eq!(counts(compare(&mut server, prefix).await), (0, 0, 1));
 }
 
 async fn compare_rejects_bad_requests(mut server: TestServer) {
@@ -367,6 +385,51 @@ async fn triage_carries_across_runs(mut server: TestServer) {
     );
 }
 
+async fn triage_survives_a_repeated_fingerprint(mut server: TestServer) {
+    // Rule, path and message give one fingerprint to both findings.
+    let early = ("S608", "db.py", "SQL built from strings", 10);
+    let late = ("S608", "db.py", "SQL built from strings", 40);
+    let first = import(&mut server, &[early, late]).await;
+    let first_findings = findings_of(&mut server, first).await;
+    let confirmed = first_findings
+        .iter()
+        .find(|finding| finding.range.unwrap().start_line == 10)
+        .unwrap();
+    server
+        .analysis
+        .update_finding(pb::UpdateFindingRequest {
+            id: confirmed.id,
+            status: FindingStatus::Confirmed as i32,
+            reason: "real injection".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // The second run reports the fingerprint once: the first run's finding
+    // at line 40 is resolved, but the fingerprint is still reported, so the
+    // decision on it stays.
+    let second = import(&mut server, &[early]).await;
+    let second_findings = findings_of(&mut server, second).await;
+    assert_eq!(second_findings.len(), 1);
+    assert_eq!(second_findings[0].status(), FindingStatus::Confirmed);
+    let first_findings = findings_of(&mut server, first).await;
+    let at_line = |line: i32| {
+        first_findings
+            .iter()
+            .find(|finding| finding.range.unwrap().start_line == line)
+            .unwrap()
+            .status()
+    };
+    assert_eq!(at_line(10), FindingStatus::Confirmed);
+    assert_eq!(at_line(40), FindingStatus::Fixed);
+
+    let third = import(&mut server, &[early]).await;
+    let third_findings = findings_of(&mut server, third).await;
+    assert_eq!(third_findings[0].status(), FindingStatus::Confirmed);
+    assert_eq!(third_findings[0].status_reason, "real injection");
+}
+
 /// Creates a RUNNING run of crew "fixer" with findings of the given rules.
 async fn running_run(server: &mut TestServer, rules: &[&str]) -> (i64, Vec<pb::Finding>) {
     let run = server
@@ -497,5 +560,6 @@ backend_tests! {
     compare_rejects_bad_requests,
     compare_reports_results_diff,
     triage_carries_across_runs,
+    triage_survives_a_repeated_fingerprint,
     fix_verified_then_regressed,
 }

@@ -238,19 +238,28 @@ pub fn analyze_finished_run(conn: &mut Conn, run: &CrewOutputRow) -> Result<(), 
         return Ok(());
     }
     let head = candidates(conn, run.id, &CompareFilter::default())?;
-    if let Some(previous) = previous_run(conn, run)? {
-        let base = candidates(conn, previous, &CompareFilter::default())?;
-        let matching = matching::match_runs(&base, &head);
-        mark_fixed(conn, run, &matching.resolved)?;
-    }
     let reported: HashSet<&str> = head
         .iter()
         .map(|finding| finding.fingerprint.as_str())
         .collect();
+    if let Some(previous) = previous_run(conn, run)? {
+        let base = candidates(conn, previous, &CompareFilter::default())?;
+        let matching = matching::match_runs(&base, &head);
+        mark_fixed(conn, run, &matching.resolved, &reported)?;
+    }
     verify_fixes(conn, run, &reported)
 }
 
-fn mark_fixed(conn: &mut Conn, run: &CrewOutputRow, resolved: &[i64]) -> Result<(), StorageError> {
+/// Marks the given findings of the previous run FIXED. The crew's decision
+/// on a fingerprint becomes FIXED only when this run reports it nowhere: a
+/// fingerprint reported three times before and twice now resolves one
+/// finding, but the crew keeps its decision for the two that remain.
+fn mark_fixed(
+    conn: &mut Conn,
+    run: &CrewOutputRow,
+    resolved: &[i64],
+    reported: &HashSet<&str>,
+) -> Result<(), StorageError> {
     let reason = format!("not reported by run {}", run.id);
     let now = now_micros();
     for chunk in resolved.chunks(IDS_PER_QUERY) {
@@ -278,6 +287,9 @@ fn mark_fixed(conn: &mut Conn, run: &CrewOutputRow, resolved: &[i64]) -> Result<
             )?;
         }
         for (id, fingerprint) in fixed {
+            if reported.contains(fingerprint.as_str()) {
+                continue;
+            }
             record_triage(
                 conn,
                 &run.crew_name,

@@ -11,7 +11,7 @@ use code_analyzer::pb::report_service_client::ReportServiceClient;
 use code_analyzer::pb::{self, FixStatus, Priority};
 use common::{
     FIXTURE_SOURCE_ROOT, TestServer, assert_status, crewai_options, expect_error, fixture,
-    new_finding, to_struct,
+    from_struct, new_finding, to_struct,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -136,10 +136,50 @@ fn finding_keys(findings: &[pb::Finding]) -> Vec<FindingKey> {
     keys
 }
 
-fn fix_paths(fixes: &[pb::Fix]) -> Vec<String> {
-    let mut paths: Vec<String> = fixes.iter().map(|fix| fix.file_path.clone()).collect();
-    paths.sort();
-    paths
+type FixKey = (String, String, String, Vec<(String, i32)>);
+
+/// Returns what a round trip keeps of each fix, sorted: its path,
+/// description, SARIF changes without their artifact locations (an export
+/// rewrites those against its source root) and description (an export adds
+/// the fix's own), and the fingerprint and line of each finding it
+/// addresses.
+fn fix_keys(fixes: &[pb::Fix], findings: &[pb::Finding]) -> Vec<FixKey> {
+    let by_id: BTreeMap<i64, &pb::Finding> = findings
+        .iter()
+        .map(|finding| (finding.id, finding))
+        .collect();
+    let mut keys: Vec<FixKey> = fixes
+        .iter()
+        .map(|fix| {
+            let mut changes = from_struct(fix.changes.as_ref().expect("a fix has changes"));
+            changes.as_object_mut().unwrap().remove("description");
+            if let Some(artifact_changes) = changes["artifactChanges"].as_array_mut() {
+                for change in artifact_changes {
+                    change.as_object_mut().unwrap().remove("artifactLocation");
+                }
+            }
+            let mut addressed: Vec<(String, i32)> = fix
+                .finding_ids
+                .iter()
+                .map(|id| {
+                    let finding = by_id[id];
+                    (
+                        finding.fingerprint.clone(),
+                        finding.range.unwrap_or_default().start_line,
+                    )
+                })
+                .collect();
+            addressed.sort();
+            (
+                fix.file_path.clone(),
+                fix.description.clone(),
+                changes.to_string(),
+                addressed,
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
 }
 
 /// Imports a fixture, exports it, imports the export without a source root
@@ -157,7 +197,10 @@ async fn check_fixture_round_trip(server: &mut TestServer, fixture_path: &std::p
     let fixes_before = all_fixes(server, original).await;
     let fixes_after = all_fixes(server, reimported).await;
     assert_eq!(fixes_after.len(), fixes_before.len());
-    assert_eq!(fix_paths(&fixes_after), fix_paths(&fixes_before));
+    assert_eq!(
+        fix_keys(&fixes_after, &after),
+        fix_keys(&fixes_before, &before)
+    );
 
     let comparison = server
         .analysis
@@ -322,6 +365,10 @@ async fn export_recorded_run_reimports(mut server: TestServer) {
         Some(1),
         "a fix appears once, under its lowest finding, and only with SARIF changes"
     );
+    assert_eq!(
+        results[0]["fixes"][0]["properties"]["codeAnalyzer/otherResults"],
+        json!([1])
+    );
     assert!(results[1].get("fixes").is_none());
 
     let reimported = import(&mut server, pb::ImportSarifOptions::default(), &log).await;
@@ -334,6 +381,16 @@ async fn export_recorded_run_reimports(mut server: TestServer) {
         fixes[0].description,
         "Read the password from the environment"
     );
+    let recorded_fixes = all_fixes(&mut server, run.id).await;
+    let sarif_fix: Vec<pb::Fix> = recorded_fixes
+        .into_iter()
+        .filter(|fix| fix.description != "not a SARIF fix")
+        .collect();
+    assert_eq!(
+        fix_keys(&fixes, &after),
+        fix_keys(&sarif_fix, &recorded),
+        "the reimported fix addresses both findings, and its changes carry no export property"
+    );
 }
 
 async fn export_unknown_run_not_found(server: TestServer) {
@@ -344,70 +401,92 @@ async fn export_unknown_run_not_found(server: TestServer) {
     assert_status(&status, Code::InvalidArgument, "crew_output_id:");
 }
 
-/// Expected hunks of one file of a SARIF log: the `@@` header and the `+`
-/// lines of each replacement of each fix, in result order.
-fn fixture_hunks(log: &Value, file_path: &str) -> Vec<(String, Vec<String>)> {
-    let uri = format!("file://{FIXTURE_SOURCE_ROOT}/{file_path}");
-    let mut hunks = Vec::new();
-    for result in log["runs"][0]["results"].as_array().unwrap() {
-        if result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] != uri.as_str() {
-            continue;
-        }
-        for fix in result["fixes"].as_array().into_iter().flatten() {
-            for change in fix["artifactChanges"].as_array().unwrap() {
-                for replacement in change["replacements"].as_array().unwrap() {
-                    let region = &replacement["deletedRegion"];
-                    let start = region["startLine"].as_i64().unwrap();
-                    let end = region["endLine"].as_i64().unwrap_or(start);
-                    let text = replacement["insertedContent"]["text"]
-                        .as_str()
-                        .unwrap_or("");
-                    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
-                    if lines.last().is_some_and(String::is_empty) {
-                        lines.pop();
-                    }
-                    let header = format!(
-                        "@@ -{start},{} +{start},{} @@",
-                        end - start + 1,
-                        lines.len()
-                    );
-                    hunks.push((header, lines));
+/// Priority name of a SARIF level, as ImportSarif maps it.
+fn level_priority(result: &Value) -> (i32, &'static str) {
+    match result["level"].as_str().unwrap_or("warning") {
+        "error" => (4, "HIGH"),
+        "note" => (2, "LOW"),
+        "none" => (1, "INFO"),
+        _ => (3, "MEDIUM"),
+    }
+}
+
+/// Builds, from the fixture's results for one file, the whole draft body
+/// that DraftPullRequest must return for that file. The ids come from the
+/// server: `fixes` are the run's fixes of the file in id order, which is
+/// the order of the results that carry them.
+fn expected_draft_body(run: i64, results: &[&Value], fixes: &[pb::Fix], file: &str) -> String {
+    let fixed: Vec<&Value> = results
+        .iter()
+        .copied()
+        .filter(|result| result["fixes"].is_array())
+        .collect();
+    assert_eq!(fixed.len(), fixes.len());
+    let mut body = format!(
+        "Crew output {run} of ruff has {} open findings (OPEN, CONFIRMED or REOPENED) under \
+         `{file}`; {} have a fix, in {} fixes.\n\n",
+        results.len(),
+        fixed.len(),
+        fixes.len()
+    );
+
+    body.push_str("## Findings by priority and rule\n\n");
+    body.push_str("| Priority | Rule | Findings | With a fix |\n");
+    body.push_str("| --- | --- | ---: | ---: |\n");
+    let mut rows: BTreeMap<(std::cmp::Reverse<i32>, &str, &str), (usize, usize)> = BTreeMap::new();
+    for result in results {
+        let (rank, name) = level_priority(result);
+        let rule = result["ruleId"].as_str().unwrap();
+        let row = rows
+            .entry((std::cmp::Reverse(rank), rule, name))
+            .or_default();
+        row.0 += 1;
+        row.1 += usize::from(result["fixes"].is_array());
+    }
+    for ((_, rule, name), (count, with_fix)) in rows {
+        body.push_str(&format!("| {name} | {rule} | {count} | {with_fix} |\n"));
+    }
+    body.push_str(&format!(
+        "\n## Files changed\n\n- `{file}`: {} fixes\n\n## Fixes\n",
+        fixes.len()
+    ));
+
+    for (result, fix) in fixed.iter().zip(fixes) {
+        let sarif_fix = &result["fixes"][0];
+        body.push_str(&format!(
+            "\n### Fix {}: {}\n\nFile `{file}`; addresses finding {}.\n\n",
+            fix.id,
+            sarif_fix["description"]["text"].as_str().unwrap(),
+            fix.finding_ids[0]
+        ));
+        body.push_str(&format!("```diff\n--- a/{file}\n+++ b/{file}\n"));
+        for change in sarif_fix["artifactChanges"].as_array().unwrap() {
+            for replacement in change["replacements"].as_array().unwrap() {
+                let region = &replacement["deletedRegion"];
+                let start = region["startLine"].as_i64().unwrap();
+                let end = region["endLine"].as_i64().unwrap_or(start);
+                let text = replacement["insertedContent"]["text"].as_str().unwrap();
+                let lines: Vec<&str> = text
+                    .strip_suffix('\n')
+                    .unwrap_or(text)
+                    .split('\n')
+                    .collect();
+                body.push_str(&format!(
+                    "@@ -{start},{} +{start},{} @@\n-[deleted region: lines {start}-{end}, \
+                     columns {}-{}]\n",
+                    end - start + 1,
+                    lines.len(),
+                    region["startColumn"],
+                    region["endColumn"]
+                ));
+                for line in lines {
+                    body.push_str(&format!("+{line}\n"));
                 }
             }
         }
+        body.push_str("```\n");
     }
-    hunks
-}
-
-/// Reads the hunks of a draft body: each `@@` header and the `+` lines
-/// that follow it.
-fn body_hunks(body: &str) -> Vec<(String, Vec<String>)> {
-    let mut hunks: Vec<(String, Vec<String>)> = Vec::new();
-    let mut in_hunk = false;
-    for line in body.lines() {
-        if line.starts_with("@@ ") {
-            hunks.push((line.to_string(), Vec::new()));
-            in_hunk = true;
-        } else if in_hunk && line.starts_with('+') {
-            hunks.last_mut().unwrap().1.push(line[1..].to_string());
-        } else if !(in_hunk && line.starts_with("-[deleted region:")) {
-            in_hunk = false;
-        }
-    }
-    hunks
-}
-
-/// Reads the rule and findings columns of the table of a draft body.
-fn body_rule_counts(body: &str) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for line in body.lines() {
-        let cells: Vec<&str> = line.split(" | ").collect();
-        if cells.len() != 4 || !line.starts_with("| ") || cells[2].parse::<usize>().is_err() {
-            continue;
-        }
-        *counts.entry(cells[1].to_string()).or_default() += cells[2].parse::<usize>().unwrap();
-    }
-    counts
+    body
 }
 
 async fn draft_matches_fixture_file(mut server: TestServer) {
@@ -435,41 +514,50 @@ async fn draft_matches_fixture_file(mut server: TestServer) {
             result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == uri.as_str()
         })
         .collect();
-    let mut expected_counts: BTreeMap<String, usize> = BTreeMap::new();
-    for result in &results {
-        *expected_counts
-            .entry(result["ruleId"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
     assert_eq!(
         response.title,
         format!("Fix {} findings of ruff in 1 file", results.len())
     );
-    assert_eq!(body_rule_counts(&response.body), expected_counts);
-    let expected_hunks = fixture_hunks(&log, DRAFT_FILE);
-    assert!(
-        expected_hunks.len() > 5,
-        "the file has fixes with several replacements"
-    );
-    assert_eq!(body_hunks(&response.body), expected_hunks);
-    assert!(
-        response
-            .body
-            .contains(&format!("--- a/{DRAFT_FILE}\n+++ b/{DRAFT_FILE}\n")),
-        "{}",
-        response.body
-    );
 
-    let draft = response.draft.expect("no draft");
-    let fixed_results = results
+    // The whole body, line by line, against the fixture.
+    let fixes: Vec<pb::Fix> = all_fixes(&mut server, run)
+        .await
+        .into_iter()
+        .filter(|fix| fix.file_path == DRAFT_FILE && fix.status() != FixStatus::PrDraft)
+        .collect();
+    let findings = all_findings(&mut server, run).await;
+    for (result, fix) in results
         .iter()
         .filter(|result| result["fixes"].is_array())
-        .count();
+        .zip(&fixes)
+    {
+        let addressed = findings
+            .iter()
+            .find(|finding| finding.id == fix.finding_ids[0])
+            .unwrap();
+        let region = &result["locations"][0]["physicalLocation"]["region"];
+        assert_eq!(addressed.rule_id, result["ruleId"].as_str().unwrap());
+        assert_eq!(
+            i64::from(addressed.range.unwrap().start_line),
+            region["startLine"].as_i64().unwrap()
+        );
+    }
+    let expected = expected_draft_body(run, &results, &fixes, DRAFT_FILE);
+    assert!(
+        expected.matches("\n@@ ").count() > fixes.len(),
+        "the file has fixes with several replacements"
+    );
+    for (line, (got, want)) in response.body.lines().zip(expected.lines()).enumerate() {
+        assert_eq!(got, want, "line {} of the draft body", line + 1);
+    }
+    assert_eq!(response.body, expected);
+
+    let draft = response.draft.expect("no draft");
     assert_eq!(draft.status, FixStatus::PrDraft as i32);
     assert_eq!(draft.crew_output_id, run);
     assert_eq!(draft.file_path, DRAFT_FILE);
     assert_eq!(draft.description, response.title);
-    assert_eq!(draft.finding_ids.len(), fixed_results);
+    assert_eq!(draft.finding_ids.len(), fixes.len());
     let stored = server
         .fixes
         .get_fix(pb::GetFixRequest { id: draft.id })

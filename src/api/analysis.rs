@@ -138,12 +138,22 @@ fn run_imports(runs: Vec<ParsedRun>, options: &pb::ImportSarifOptions) -> Vec<Ru
                 run.summary,
                 String::new(),
             );
-            let mut findings = Vec::with_capacity(run.findings.len());
+            let result_count = run.findings.len();
+            let mut findings = Vec::with_capacity(result_count);
             let mut fixes = Vec::new();
             for (index, finding) in run.findings.into_iter().enumerate() {
                 for fix in finding.fixes {
+                    let mut addressed = vec![index];
+                    addressed.extend(
+                        fix.other_results
+                            .iter()
+                            .copied()
+                            .filter(|&other| other < result_count && other != index),
+                    );
+                    addressed.sort_unstable();
+                    addressed.dedup();
                     fixes.push((
-                        vec![index],
+                        addressed,
                         NewFixRow {
                             crew_output_id: 0,
                             file_path: fix.file_path,

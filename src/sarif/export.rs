@@ -6,11 +6,11 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{OWN_FINGERPRINT_PREFIX, analyzer_fingerprint};
+use super::{OTHER_RESULTS_PROPERTY, OWN_FINGERPRINT_PREFIX, analyzer_fingerprint};
 use crate::paths;
 use crate::pb::Priority;
-use crate::storage::models::{CrewOutputRow, FindingRow, FixRow};
-use crate::storage::reports::{ExportPage, ExportStart};
+use crate::storage::models::{CrewOutputRow, FindingRow};
+use crate::storage::reports::{ExportPage, ExportStart, ExportedFix};
 
 /// JSON schema of SARIF 2.1.0, as `$schema` of the log.
 pub const SCHEMA_URI: &str = "https://json.schemastore.org/sarif-2.1.0.json";
@@ -162,9 +162,12 @@ impl SarifExport {
     /// Serializes the results of one page, each preceded by a comma unless
     /// it is the first result of the log.
     pub fn write_page(&self, page: &ExportPage, first_of_log: bool) -> Vec<u8> {
-        let mut fixes_by_finding: HashMap<i64, Vec<&FixRow>> = HashMap::new();
-        for (finding_id, fix) in &page.fixes {
-            fixes_by_finding.entry(*finding_id).or_default().push(fix);
+        let mut fixes_by_finding: HashMap<i64, Vec<&ExportedFix>> = HashMap::new();
+        for fix in &page.fixes {
+            fixes_by_finding
+                .entry(fix.finding_id)
+                .or_default()
+                .push(fix);
         }
         let mut out = Vec::new();
         for (index, finding) in page.findings.iter().enumerate() {
@@ -179,7 +182,7 @@ impl SarifExport {
     }
 
     /// Builds the SARIF result of one finding.
-    fn result(&self, finding: &FindingRow, fixes: &[&FixRow]) -> Value {
+    fn result(&self, finding: &FindingRow, fixes: &[&ExportedFix]) -> Value {
         let analysis: Value = serde_json::from_str(&finding.analysis).unwrap_or_default();
         let mut result = match analysis {
             Value::Object(object) if object.get("message").is_some_and(Value::is_object) => object,
@@ -226,7 +229,7 @@ impl SarifExport {
     }
 
     /// Replaces the result's fixes with the stored SARIF fixes.
-    fn set_fixes(&self, result: &mut Map<String, Value>, fixes: &[&FixRow]) {
+    fn set_fixes(&self, result: &mut Map<String, Value>, fixes: &[&ExportedFix]) {
         let exported: Vec<Value> = fixes.iter().filter_map(|fix| self.sarif_fix(fix)).collect();
         if exported.is_empty() {
             result.remove("fixes");
@@ -235,9 +238,11 @@ impl SarifExport {
         }
     }
 
-    /// Returns the stored SARIF fix with its paths rewritten, or `None` when
-    /// the fix has no SARIF `artifactChanges`.
-    fn sarif_fix(&self, fix: &FixRow) -> Option<Value> {
+    /// Returns the stored SARIF fix with its paths rewritten and the other
+    /// results it addresses listed, or `None` when the fix has no SARIF
+    /// `artifactChanges`.
+    fn sarif_fix(&self, exported: &ExportedFix) -> Option<Value> {
+        let fix = &exported.fix;
         let mut changes: Value = serde_json::from_str(&fix.changes).ok()?;
         let object = changes.as_object_mut()?;
         let artifact_changes = object.get_mut("artifactChanges")?.as_array_mut()?;
@@ -252,6 +257,14 @@ impl SarifExport {
         }
         if !object.get("description").is_some_and(Value::is_object) && !fix.description.is_empty() {
             object.insert("description".into(), json!({ "text": fix.description }));
+        }
+        if !exported.other_results.is_empty() {
+            let properties = object
+                .entry("properties")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(properties) = properties.as_object_mut() {
+                properties.insert(OTHER_RESULTS_PROPERTY.into(), json!(exported.other_results));
+            }
         }
         Some(changes)
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::fingerprint;
@@ -92,8 +93,11 @@ pub struct ParsedFinding {
 pub struct ParsedFix {
     pub file_path: String,
     pub description: String,
-    /// The whole SARIF fix.
+    /// The whole SARIF fix, without `OTHER_RESULTS_PROPERTY`.
     pub changes: String,
+    /// Positions in the run's results of other results the fix addresses,
+    /// from `OTHER_RESULTS_PROPERTY`.
+    pub other_results: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +238,8 @@ struct FixFields {
     description: Message,
     #[serde(default, rename = "artifactChanges")]
     artifact_changes: Vec<ArtifactChange>,
+    #[serde(default)]
+    properties: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +278,41 @@ fn security_priority(score: &serde_json::Value) -> Option<Priority> {
 
 fn clamp_position(value: Option<i64>) -> i32 {
     value.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32
+}
+
+/// Key in a fix's `properties` under which an export of this server lists
+/// the positions in the run's `results` of the other results the fix
+/// addresses; the fix itself sits under the first of them.
+pub const OTHER_RESULTS_PROPERTY: &str = "codeAnalyzer/otherResults";
+
+/// Reads `OTHER_RESULTS_PROPERTY` of a fix and returns the positions with
+/// the fix's JSON without that key (the original text when it is absent).
+/// Values that are not positions are ignored.
+fn other_results(properties: Option<&Value>, raw_fix: &str) -> (Vec<usize>, String) {
+    let Some(listed) = properties.and_then(|properties| properties.get(OTHER_RESULTS_PROPERTY))
+    else {
+        return (Vec::new(), raw_fix.to_string());
+    };
+    let positions = listed
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(Value::as_u64)
+                .filter_map(|position| usize::try_from(position).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut fix: Value = serde_json::from_str(raw_fix).unwrap_or_default();
+    if let Some(properties) = fix.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.remove(OTHER_RESULTS_PROPERTY);
+        if properties.is_empty() {
+            fix.as_object_mut()
+                .expect("a fix with properties is an object")
+                .remove("properties");
+        }
+    }
+    (positions, fix.to_string())
 }
 
 /// Start of the `partialFingerprints` keys under which an export of this
@@ -449,10 +490,12 @@ fn parse_result(
                 .find_map(|change| change.artifact_location.as_ref()?.uri.as_deref())
                 .map(|uri| paths::relative_to(uri, root))
                 .unwrap_or_else(|| file_path.clone());
+            let (other_results, changes) = other_results(fix.properties.as_ref(), raw_fix.get());
             Ok(ParsedFix {
                 file_path: fix_path,
                 description: fix.description.text.unwrap_or_default(),
-                changes: raw_fix.get().to_string(),
+                changes,
+                other_results,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;

@@ -29,11 +29,22 @@ pub struct ExportStart {
 }
 
 /// One page of an export: findings in id order, and the fixes whose lowest
-/// addressed finding is on this page, each with that finding's id.
+/// addressed finding is on this page.
 #[derive(Debug, Clone)]
 pub struct ExportPage {
     pub findings: Vec<FindingRow>,
-    pub fixes: Vec<(i64, FixRow)>,
+    pub fixes: Vec<ExportedFix>,
+}
+
+/// A fix in an export, under the result of the lowest finding it addresses.
+#[derive(Debug, Clone)]
+pub struct ExportedFix {
+    /// Id of the lowest finding the fix addresses.
+    pub finding_id: i64,
+    /// Positions in the run's results (findings in id order, counting from
+    /// 0) of the other findings the fix addresses, ascending.
+    pub other_results: Vec<i64>,
+    pub fix: FixRow,
 }
 
 /// A finding listed in a pull-request draft.
@@ -111,7 +122,7 @@ pub fn export_page(
             .load(c)?
     });
     let page_ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-    let fixes = fixes_owned_by(conn, &page_ids)?;
+    let fixes = fixes_owned_by(conn, crew_output_id, &page_ids, last)?;
     Ok(ExportPage {
         findings: rows,
         fixes,
@@ -119,12 +130,15 @@ pub fn export_page(
 }
 
 /// Returns the fixes whose lowest addressed finding is one of `finding_ids`,
-/// in id order, each with that finding's id. Links never cross runs, so a
-/// fix belongs to exactly one page of its run's export.
+/// in id order. Links never cross runs, so a fix belongs to exactly one page
+/// of its run's export. Findings above `last`, which the export leaves out,
+/// are left out of `other_results` too.
 fn fixes_owned_by(
     conn: &mut Conn,
+    crew_output_id: i64,
     finding_ids: &[i64],
-) -> Result<Vec<(i64, FixRow)>, StorageError> {
+    last: i64,
+) -> Result<Vec<ExportedFix>, StorageError> {
     if finding_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -144,20 +158,43 @@ fn fixes_owned_by(
             .select((fix_findings::fix_id, fix_findings::finding_id))
             .load(c)?
     });
-    let mut lowest: HashMap<i64, i64> = HashMap::new();
+    let mut addressed: HashMap<i64, BTreeSet<i64>> = HashMap::new();
     for (fix_id, finding_id) in links {
-        let entry = lowest.entry(fix_id).or_insert(finding_id);
-        *entry = (*entry).min(finding_id);
+        addressed.entry(fix_id).or_default().insert(finding_id);
     }
     let on_page: BTreeSet<i64> = finding_ids.iter().copied().collect();
-    let owned: Vec<i64> = lowest
-        .iter()
-        .filter(|(_, finding_id)| on_page.contains(finding_id))
-        .map(|(fix_id, _)| *fix_id)
-        .collect();
+    addressed.retain(|_, ids| ids.first().is_some_and(|lowest| on_page.contains(lowest)));
+    let owned: Vec<i64> = addressed.keys().copied().collect();
 
-    let rows = fixes_by_ids(conn, &owned)?;
-    Ok(rows.into_iter().map(|row| (lowest[&row.id], row)).collect())
+    let mut exported = Vec::with_capacity(owned.len());
+    for row in fixes_by_ids(conn, &owned)? {
+        let ids = &addressed[&row.id];
+        let mut other_results = Vec::with_capacity(ids.len() - 1);
+        for &other in ids.iter().skip(1).filter(|&&id| id <= last) {
+            other_results.push(result_position(conn, crew_output_id, other)?);
+        }
+        exported.push(ExportedFix {
+            finding_id: *ids.first().expect("a kept fix addresses a finding"),
+            other_results,
+            fix: row,
+        });
+    }
+    Ok(exported)
+}
+
+/// Position of a finding among its run's findings in id order.
+fn result_position(
+    conn: &mut Conn,
+    crew_output_id: i64,
+    finding_id: i64,
+) -> Result<i64, StorageError> {
+    with_conn!(conn, c => {
+        Ok(findings::table
+            .filter(findings::crew_output_id.eq(crew_output_id))
+            .filter(findings::id.lt(finding_id))
+            .count()
+            .get_result(c)?)
+    })
 }
 
 /// Loads fixes by id, in id order.

@@ -23,25 +23,30 @@ use serde_json::Value;
 const BINARY: &str = env!("CARGO_BIN_EXE_code-analyzer");
 const FIXTURE_LOGS: [&str; 4] = ["apache", "hdfs", "spark", "zookeeper"];
 
-/// A `code-analyzer serve` child process on a fresh SQLite file in a
-/// temporary folder; dropping it kills the process.
+/// A `code-analyzer serve` child process on a fresh database, with a
+/// temporary folder for the files its client commands read; dropping it
+/// kills the process.
 struct ServeProcess {
     process: process::ServeProcess,
     /// `host:port` from the start-up line.
     address: String,
     folder: tempfile::TempDir,
+    /// Dropped after the process, which the fields above hold.
+    _database: TestDatabase,
 }
 
 impl ServeProcess {
-    fn start() -> ServeProcess {
-        let folder = tempfile::TempDir::new().unwrap();
-        let database_url = format!("sqlite://{}", folder.path().join("cli.db").display());
-        let process = process::ServeProcess::start(&database_url, &["--shutdown-grace", "1"]);
-        ServeProcess {
+    /// Starts a server on a fresh database of `backend`, or returns `None`
+    /// after printing why the test is skipped.
+    fn start_on(backend: Backend) -> Option<ServeProcess> {
+        let database = TestDatabase::create(backend)?;
+        let process = process::ServeProcess::start(database.url(), &["--shutdown-grace", "1"]);
+        Some(ServeProcess {
             address: process.address.clone(),
             process,
-            folder,
-        }
+            folder: tempfile::TempDir::new().unwrap(),
+            _database: database,
+        })
     }
 
     fn url(&self) -> String {
@@ -127,10 +132,7 @@ fn count_kind(events: &Value, kind: &str) -> usize {
         .count()
 }
 
-#[test]
-fn serve_logs_listening_address() {
-    let server = ServeProcess::start();
-
+fn serve_logs_listening_address(server: ServeProcess) {
     assert!(
         server.address.starts_with("127.0.0.1:"),
         "address {:?}",
@@ -152,9 +154,7 @@ fn terminate(server: &mut ServeProcess) -> std::process::ExitStatus {
     server.process.terminate(Duration::from_secs(15))
 }
 
-#[test]
-fn serve_stops_on_sigterm() {
-    let mut server = ServeProcess::start();
+fn serve_stops_on_sigterm(mut server: ServeProcess) {
     // A served call shows that start-up has finished.
     server.json(&["history", "lib/none.py"]);
 
@@ -173,10 +173,7 @@ fn serve_stops_on_sigterm() {
     );
 }
 
-#[test]
-fn serve_stops_on_early_sigterm() {
-    let mut server = ServeProcess::start();
-
+fn serve_stops_on_early_sigterm(mut server: ServeProcess) {
     let status = terminate(&mut server);
 
     assert!(status.success(), "serve exited with {status}");
@@ -485,9 +482,7 @@ fn serve_defaults_to_analyzer_db() {
     assert_eq!(stored_log_entries(&folder.path().join("analyzer.db")), 1);
 }
 
-#[test]
-fn import_sarif_prints_json_summary() {
-    let server = ServeProcess::start();
+fn import_sarif_prints_json_summary(server: ServeProcess) {
     let summary = import_small_log(&server);
 
     assert_eq!(summary["finding_count"], 4);
@@ -500,9 +495,7 @@ fn import_sarif_prints_json_summary() {
     assert!(summary["runs"][1]["crew_output_id"].as_i64().unwrap() > 0);
 }
 
-#[test]
-fn import_sarif_prints_text_summary() {
-    let server = ServeProcess::start();
+fn import_sarif_prints_text_summary(server: ServeProcess) {
     let log = server.write_file("small.sarif", SMALL_SARIF);
     let output = server.text(&["import-sarif", path_text(&log), "--crew", "nightly"]);
     assert_success(&output, &["import-sarif"]);
@@ -521,9 +514,7 @@ fn import_sarif_prints_text_summary() {
     assert_eq!(history["events"][0]["crew_name"], "nightly", "{history}");
 }
 
-#[test]
-fn import_sarif_reports_server_error() {
-    let server = ServeProcess::start();
+fn import_sarif_reports_server_error(server: ServeProcess) {
     let log = server.write_file(
         "old.sarif",
         &SMALL_SARIF.replacen("\"2.1.0\"", "\"2.0.0\"", 1),
@@ -538,9 +529,7 @@ fn import_sarif_reports_server_error() {
     );
 }
 
-#[test]
-fn import_sarif_missing_file_fails() {
-    let server = ServeProcess::start();
+fn import_sarif_missing_file_fails(server: ServeProcess) {
     let missing = server.folder.path().join("missing.sarif");
     let output = server.text(&["import-sarif", path_text(&missing)]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -563,9 +552,7 @@ fn client_without_server_fails() {
     );
 }
 
-#[test]
-fn push_logs_counts_rejections_and_duplicates() {
-    let server = ServeProcess::start();
+fn push_logs_counts_rejections_and_duplicates(server: ServeProcess) {
     let lines = [
         r#"{"timestamp": "2026-01-01T00:00:01Z", "level": "INFO", "message": "started", "crew_name": "reviewer"}"#,
         r#"{"timestamp": "2026-01-01T00:00:02Z", "level": "verbose", "message": "chatty"}"#,
@@ -603,9 +590,7 @@ fn push_logs_counts_rejections_and_duplicates() {
     assert_eq!(renamed["duplicate_count"], 1);
 }
 
-#[test]
-fn push_logs_prints_text_summary() {
-    let server = ServeProcess::start();
+fn push_logs_prints_text_summary(server: ServeProcess) {
     let file = server.write_file(
         "one.jsonl",
         r#"{"timestamp": "2026-01-01T00:00:01Z", "level": "notice", "message": "ok"}"#,
@@ -620,9 +605,7 @@ fn push_logs_prints_text_summary() {
     );
 }
 
-#[test]
-fn history_prints_small_log_events() {
-    let server = ServeProcess::start();
+fn history_prints_small_log_events(server: ServeProcess) {
     import_small_log(&server);
     import_small_log(&server);
 
@@ -658,9 +641,7 @@ fn history_prints_small_log_events() {
     );
 }
 
-#[test]
-fn history_empty_path_fails() {
-    let server = ServeProcess::start();
+fn history_empty_path_fails(server: ServeProcess) {
     let output = server.text(&["history", ""]);
     let stderr = String::from_utf8_lossy(&output.stderr);
 
@@ -671,15 +652,13 @@ fn history_empty_path_fails() {
     );
 }
 
-#[test]
-fn fixture_imports_and_history() {
+fn fixture_imports_and_history(server: ServeProcess) {
     let (Some(may), Some(august)) = (
         fixture("sarif/ruff-crewai-2026-05.sarif.gz"),
         fixture("sarif/ruff-crewai-2026-08.sarif.gz"),
     ) else {
         return;
     };
-    let server = ServeProcess::start();
 
     let first = server.json(&[
         "import-sarif",
@@ -709,8 +688,7 @@ fn fixture_imports_and_history() {
     assert_eq!(count_kind(&history["events"], "fix"), 4);
 }
 
-#[test]
-fn fixture_logs_pushed_once() {
+fn fixture_logs_pushed_once(server: ServeProcess) {
     let mut files = Vec::new();
     for name in FIXTURE_LOGS {
         let Some(path) = fixture(&format!("logs/{name}.jsonl")) else {
@@ -718,7 +696,6 @@ fn fixture_logs_pushed_once() {
         };
         files.push(path);
     }
-    let server = ServeProcess::start();
 
     for path in &files {
         let first = server.json(&["push-logs", path_text(path)]);
@@ -776,9 +753,7 @@ fn grpcurl(server: &ServeProcess, data: Option<&str>, operands: &[&str]) -> Opti
     }
 }
 
-#[test]
-fn grpcurl_lists_services() {
-    let server = ServeProcess::start();
+fn grpcurl_lists_services(server: ServeProcess) {
     let Some(output) = grpcurl(&server, None, &["list"]) else {
         return;
     };
@@ -801,9 +776,7 @@ fn grpcurl_lists_services() {
     }
 }
 
-#[test]
-fn grpcurl_describes_log_service() {
-    let server = ServeProcess::start();
+fn grpcurl_describes_log_service(server: ServeProcess) {
     let Some(output) = grpcurl(&server, None, &["describe", "code_analyzer.v1.LogService"]) else {
         return;
     };
@@ -850,9 +823,7 @@ fn described_methods(encoded: &[u8]) -> Vec<(String, Vec<String>)> {
     services
 }
 
-#[test]
-fn grpcurl_describes_every_service() {
-    let server = ServeProcess::start();
+fn grpcurl_describes_every_service(server: ServeProcess) {
     let mut services = described_methods(code_analyzer::pb::FILE_DESCRIPTOR_SET);
     services.extend(described_methods(tonic_health::pb::FILE_DESCRIPTOR_SET));
     let names: Vec<&str> = services.iter().map(|(name, _)| name.as_str()).collect();
@@ -886,9 +857,7 @@ fn grpcurl_describes_every_service() {
     }
 }
 
-#[test]
-fn grpcurl_health_check_serving() {
-    let server = ServeProcess::start();
+fn grpcurl_health_check_serving(server: ServeProcess) {
     let Some(output) = grpcurl(&server, None, &["grpc.health.v1.Health/Check"]) else {
         return;
     };
@@ -909,9 +878,7 @@ fn grpcurl_health_check_serving() {
     assert_eq!(response["status"], "SERVING");
 }
 
-#[test]
-fn grpcurl_creates_crew_output() {
-    let server = ServeProcess::start();
+fn grpcurl_creates_crew_output(server: ServeProcess) {
     let request = r#"{"crew_name":"a","output_type":"b","results":{"x":1}}"#;
     let Some(output) = grpcurl(
         &server,
@@ -931,9 +898,7 @@ fn grpcurl_creates_crew_output() {
     assert_eq!(created["results"]["x"], 1);
 }
 
-#[test]
-fn grpcurl_shows_invalid_argument() {
-    let server = ServeProcess::start();
+fn grpcurl_shows_invalid_argument(server: ServeProcess) {
     let request = r#"{"crew_name":"","output_type":"b"}"#;
     let Some(output) = grpcurl(
         &server,
@@ -960,4 +925,27 @@ fn assert_success_grpcurl(output: &Output) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+process_backend_tests! {
+    ServeProcess::start_on;
+    serve_logs_listening_address,
+    serve_stops_on_sigterm,
+    serve_stops_on_early_sigterm,
+    import_sarif_prints_json_summary,
+    import_sarif_prints_text_summary,
+    import_sarif_reports_server_error,
+    import_sarif_missing_file_fails,
+    push_logs_counts_rejections_and_duplicates,
+    push_logs_prints_text_summary,
+    history_prints_small_log_events,
+    history_empty_path_fails,
+    fixture_imports_and_history,
+    fixture_logs_pushed_once,
+    grpcurl_lists_services,
+    grpcurl_describes_log_service,
+    grpcurl_describes_every_service,
+    grpcurl_health_check_serving,
+    grpcurl_creates_crew_output,
+    grpcurl_shows_invalid_argument,
 }

@@ -1,5 +1,5 @@
 //! The client subcommands `compare`, `export-sarif` and `draft-pr` against
-//! a served `code-analyzer` process.
+//! a served `code-analyzer` process, on both backends.
 
 mod common;
 
@@ -7,23 +7,30 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::process::ServeProcess;
-use common::{FIXTURE_SOURCE_ROOT, SMALL_SARIF, SMALL_SARIF_AGENT_PATH};
+use common::{Backend, FIXTURE_SOURCE_ROOT, SMALL_SARIF, SMALL_SARIF_AGENT_PATH, TestDatabase};
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_code-analyzer");
 
-/// A served process on a fresh SQLite file, with the folder for its files.
+/// A served process on a fresh database, with the folder for its files.
 struct Served {
     process: ServeProcess,
     folder: tempfile::TempDir,
+    /// Dropped after the process.
+    _database: TestDatabase,
 }
 
 impl Served {
-    fn start() -> Served {
-        let folder = tempfile::TempDir::new().unwrap();
-        let database_url = format!("sqlite://{}", folder.path().join("cli.db").display());
-        let process = ServeProcess::start(&database_url, &["--shutdown-grace", "1"]);
-        Served { process, folder }
+    /// Starts a server on a fresh database of `backend`, or returns `None`
+    /// after printing why the test is skipped.
+    fn start(backend: Backend) -> Option<Served> {
+        let database = TestDatabase::create(backend)?;
+        let process = ServeProcess::start(database.url(), &["--shutdown-grace", "1"]);
+        Some(Served {
+            process,
+            folder: tempfile::TempDir::new().unwrap(),
+            _database: database,
+        })
     }
 
     /// Runs a client subcommand against this server.
@@ -75,9 +82,7 @@ fn path_text(path: &Path) -> &str {
     path.to_str().expect("path is not UTF-8")
 }
 
-#[test]
-fn compare_prints_counts_as_json() {
-    let served = Served::start();
+fn compare_prints_counts_as_json(served: Served) {
     let base = served.import_small_log();
     let head = served.import_small_log();
 
@@ -105,6 +110,37 @@ fn compare_prints_counts_as_json() {
     assert_eq!(findings[0]["change"], "PERSISTING");
     assert_eq!(findings[0]["file_path"], SMALL_SARIF_AGENT_PATH);
 
+    let high = served.json(&[
+        "compare",
+        &base.to_string(),
+        &head.to_string(),
+        "--min-priority",
+        "critical",
+    ]);
+    assert_eq!(
+        high["persisting_count"], 0,
+        "every small-log finding is below CRITICAL"
+    );
+    let persisting = served.json(&[
+        "compare",
+        &base.to_string(),
+        &head.to_string(),
+        "--list",
+        "--change",
+        "persisting",
+        "--min-priority",
+        "high",
+    ]);
+    let listed_rules: Vec<&str> = persisting["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|finding| finding["rule_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed_rules, ["F401", "F401"], "E501 is a note, so LOW");
+    assert_eq!(persisting["new_count"], 0);
+    assert_eq!(persisting["persisting_count"], 2);
+
     let text = served.run(&[
         "compare",
         &base.to_string(),
@@ -121,9 +157,7 @@ fn compare_prints_counts_as_json() {
     );
 }
 
-#[test]
-fn export_sarif_file_imports_back() {
-    let served = Served::start();
+fn export_sarif_file_imports_back(served: Served) {
     let run = served.import_small_log();
     let file = served.path("export.sarif");
 
@@ -144,9 +178,7 @@ fn export_sarif_file_imports_back() {
     assert_eq!(log["runs"][0]["results"].as_array().unwrap().len(), 3);
 }
 
-#[test]
-fn draft_pr_prints_markdown() {
-    let served = Served::start();
+fn draft_pr_prints_markdown(served: Served) {
     let run = served.import_small_log();
 
     let text = String::from_utf8(served.run(&["draft-pr", &run.to_string()]).stdout).unwrap();
@@ -170,4 +202,11 @@ fn draft_pr_prints_markdown() {
     assert!(draft["body"].as_str().unwrap().contains("## Fixes"));
     assert!(draft["fix_id"].as_i64().unwrap() > 0);
     assert_eq!(draft["file_path"], SMALL_SARIF_AGENT_PATH);
+}
+
+process_backend_tests! {
+    Served::start;
+    compare_prints_counts_as_json,
+    export_sarif_file_imports_back,
+    draft_pr_prints_markdown,
 }

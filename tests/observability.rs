@@ -68,11 +68,11 @@ async fn make_calls(server: &ServeProcess) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_calls_ingest_and_pool() {
-    let folder = tempfile::TempDir::new().unwrap();
-    let url = format!("sqlite://{}", folder.path().join("metrics.db").display());
-    let server = ServeProcess::start(&url, &["--metrics-listen", "127.0.0.1:0"]);
+async fn metrics_count_calls_ingest_and_pool(backend: Backend) {
+    let Some(database) = TestDatabase::create(backend) else {
+        return;
+    };
+    let server = ServeProcess::start(database.url(), &["--metrics-listen", "127.0.0.1:0"]);
     assert!(
         !server.metrics_address.is_empty(),
         "no metrics address logged"
@@ -139,6 +139,16 @@ async fn metrics_count_calls_ingest_and_pool() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     let (status, _) = http(&server.metrics_address, "POST", "/metrics");
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_ingest_and_pool_sqlite() {
+    metrics_count_calls_ingest_and_pool(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_ingest_and_pool_postgres() {
+    metrics_count_calls_ingest_and_pool(Backend::Postgres).await;
 }
 
 /// Waits for and returns the JSON log lines of `server` about calls of

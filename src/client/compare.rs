@@ -1,7 +1,7 @@
 //! `code-analyzer compare BASE HEAD`: prints how the findings of two runs
 //! match (new, persisting, resolved) and how their JSON results differ.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::{ClientArgs, ClientError, connect, describe_status};
 use crate::pb::analysis_service_client::AnalysisServiceClient;
@@ -25,12 +25,61 @@ pub struct CompareArgs {
     #[arg(long)]
     pub rule: Option<String>,
 
+    /// Compare only findings of this priority or higher.
+    #[arg(long, value_enum)]
+    pub min_priority: Option<MinPriority>,
+
     /// Also list the findings: new, then persisting, then resolved.
     #[arg(long)]
     pub list: bool,
 
+    /// With --list, list only findings of this kind. The counts always
+    /// cover all three.
+    #[arg(long, value_enum, requires = "list")]
+    pub change: Option<Change>,
+
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Priorities a comparison can start from.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MinPriority {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl From<MinPriority> for Priority {
+    fn from(priority: MinPriority) -> Priority {
+        match priority {
+            MinPriority::Info => Priority::Info,
+            MinPriority::Low => Priority::Low,
+            MinPriority::Medium => Priority::Medium,
+            MinPriority::High => Priority::High,
+            MinPriority::Critical => Priority::Critical,
+        }
+    }
+}
+
+/// Kinds of compared findings.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Change {
+    New,
+    Persisting,
+    Resolved,
+}
+
+impl From<Change> for FindingChange {
+    fn from(change: Change) -> FindingChange {
+        match change {
+            Change::New => FindingChange::New,
+            Change::Persisting => FindingChange::Persisting,
+            Change::Resolved => FindingChange::Resolved,
+        }
+    }
 }
 
 fn change_name(change: i32) -> &'static str {
@@ -83,9 +132,10 @@ async fn compare_all(
                 head_crew_output_id: args.head,
                 file_path_prefix: args.path_prefix.clone().unwrap_or_default(),
                 rule_id: args.rule.clone().unwrap_or_default(),
+                min_priority: args.min_priority.map_or(0, |p| Priority::from(p) as i32),
+                change: args.change.map_or(0, |c| FindingChange::from(c) as i32),
                 page_size: if args.list { 1_000 } else { 1 },
                 page_token,
-                ..Default::default()
             })
             .await
             .map_err(|status| {

@@ -732,6 +732,31 @@ macro_rules! backend_tests {
     )+};
 }
 
+/// Generates the tests `NAME::sqlite` and `NAME::postgres` for each listed
+/// `fn NAME(server: TYPE)` of the test file, where `TYPE::START(backend)`
+/// returns `Option<TYPE>`: a served process on a fresh database, or `None`
+/// when the backend is skipped.
+#[macro_export]
+macro_rules! process_backend_tests {
+    ($type:ident::$start:ident; $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                if let Some(server) = super::$type::$start($crate::common::Backend::Sqlite) {
+                    super::$name(server);
+                }
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(server) = super::$type::$start($crate::common::Backend::Postgres) {
+                    super::$name(server);
+                }
+            }
+        }
+    )+};
+}
+
 #[macro_export]
 #[doc(hidden)]
 macro_rules! server_options {

@@ -67,6 +67,29 @@ def test_record_run_marks_run_failed_on_error(client: Client) -> None:
     assert "INVALID_ARGUMENT" in runs[0].error_message
 
 
+def test_record_run_marks_failed_when_final_update_fails(client: Client) -> None:
+    # RUNNING may not move back to PENDING, so the final update fails.
+    with pytest.raises(grpc.RpcError) as raised:
+        client.record_run(
+            "crew", "review", findings=[new_finding("a.py", "R1", "m")], status=crew_pb2.CREW_OUTPUT_STATUS_PENDING
+        )
+
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    runs = client.crews.ListCrewOutputs(crew_pb2.ListCrewOutputsRequest(crew_name="crew")).crew_outputs
+    assert len(runs) == 1
+    assert runs[0].status == crew_pb2.CREW_OUTPUT_STATUS_FAILED
+    assert runs[0].error_message.startswith("recording the run failed: FAILED_PRECONDITION")
+    assert len(list(client.list_findings(crew_output_id=runs[0].id))) == 1
+
+
+def test_record_run_rejects_unknown_status_before_calls(client: Client) -> None:
+    with pytest.raises(ValueError):
+        client.record_run("crew", "review", status="CREW_OUTPUT_STATUS_DONE")
+
+    runs = client.crews.ListCrewOutputs(crew_pb2.ListCrewOutputsRequest(crew_name="crew")).crew_outputs
+    assert len(runs) == 0
+
+
 def test_update_status_follows_life_cycle(client: Client) -> None:
     created = client.create_crew_output("crew", "review")
     assert created.status == crew_pb2.CREW_OUTPUT_STATUS_PENDING

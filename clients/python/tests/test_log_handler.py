@@ -161,6 +161,41 @@ class LostResponse(grpc.RpcError):
         return "connection lost after the server committed"
 
 
+class FailOnceStub:
+    """Wraps a LogService stub; the first IngestLogs call raises an error
+    that carries no gRPC status."""
+
+    def __init__(self, stub: object) -> None:
+        self._stub = stub
+        self.failures = 0
+
+    def IngestLogs(self, *args: object, **kwargs: object) -> log_pb2.IngestLogsResponse:
+        if self.failures == 0:
+            self.failures += 1
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        return self._stub.IngestLogs(*args, **kwargs)
+
+
+def test_unexpected_send_error_is_retried(server: ServerProcess, logger: logging.Logger) -> None:
+    handler = CodeAnalyzerLogHandler(server.address, batch_size=5, flush_interval=60, retry_interval=0.05)
+    stub = FailOnceStub(handler._stub)
+    handler._stub = stub
+    logger.addHandler(handler)
+
+    for index in range(5):
+        logger.info("after error %d", index)
+    assert wait_until(lambda: handler.last_error is not None)
+    handler.flush()
+
+    assert stub.failures == 1
+    assert isinstance(handler.last_error, RuntimeError)
+    assert handler._thread.is_alive()
+    assert handler.pending == 0
+    assert handler.sent == 5
+    assert (handler.dropped, handler.discarded) == (0, 0)
+    assert len(stored_entries(server.address, message_contains="after error")) == 5
+
+
 def test_resent_batch_is_stored_once(server: ServerProcess, logger: logging.Logger) -> None:
     handler = LostResponseHandler(server.address, batch_size=50, flush_interval=60, retry_interval=0.05)
     logger.addHandler(handler)
@@ -278,16 +313,35 @@ def test_root_logger_debug_sends_own_records(server: ServerProcess) -> None:
     assert messages == [f"agent step {index}" for index in range(6)]
 
 
+# CPython 3.12.0 to 3.12.2 cannot start the thread that grpc needs for each
+# IngestLogs call once the interpreter begins to exit.
+skip_if_no_threads_at_exit = pytest.mark.skipif(
+    (3, 12, 0) <= sys.version_info[:3] <= (3, 12, 2),
+    reason="this Python starts no threads at exit, so the queue cannot be sent then",
+)
+
+
+@skip_if_no_threads_at_exit
 def test_queue_sent_at_interpreter_exit(server: ServerProcess) -> None:
     script = textwrap.dedent(
         f"""
         import logging
+        import threading
+        import time
         from code_analyzer_client import CodeAnalyzerLogHandler
 
         handler = CodeAnalyzerLogHandler({server.address!r}, batch_size=1000, flush_interval=60)
         logging.getLogger().addHandler(handler)
         for index in range(12):
             logging.warning("exit record %d", index)
+
+        def log_late():
+            time.sleep(0.5)
+            logging.warning("record of a non-daemon thread")
+
+        # The main thread ends first; the interpreter joins this thread
+        # before it runs the exit hook.
+        threading.Thread(target=log_late).start()
         # No flush or close: the exit hook sends the queue.
         """
     )
@@ -295,5 +349,46 @@ def test_queue_sent_at_interpreter_exit(server: ServerProcess) -> None:
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
 
     assert finished.returncode == 0, finished.stderr
+    assert "not sent" not in finished.stderr
     messages = sorted(entry.message for entry in stored_entries(server.address))
-    assert messages == sorted(f"exit record {index}" for index in range(12))
+    expected = [f"exit record {index}" for index in range(12)] + ["record of a non-daemon thread"]
+    assert messages == sorted(expected)
+
+
+def test_exit_reports_queue_without_threads(server: ServerProcess) -> None:
+    # An atexit callback registered after the handler runs before the
+    # handler's own, and makes every thread start raise, as CPython 3.12.0
+    # to 3.12.2 do during exit.
+    script = textwrap.dedent(
+        f"""
+        import atexit
+        import logging
+        import threading
+        from code_analyzer_client import CodeAnalyzerLogHandler
+
+        handler = CodeAnalyzerLogHandler(
+            {server.address!r}, batch_size=1000, flush_interval=60, close_timeout=30
+        )
+        logging.getLogger().addHandler(handler)
+        for index in range(12):
+            logging.warning("unsent record %d", index)
+
+        def fail_thread_starts():
+            def start(thread):
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+            threading.Thread.start = start
+
+        atexit.register(fail_thread_starts)
+        """
+    )
+
+    started = time.monotonic()
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+
+    assert finished.returncode == 0, finished.stderr
+    # Far below close_timeout: the handler stops at the first failed start.
+    assert elapsed < 15
+    assert "12 log entries not sent at exit" in finished.stderr
+    assert "can't create new thread" in finished.stderr
+    assert stored_entries(server.address) == []

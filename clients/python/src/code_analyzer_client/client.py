@@ -417,11 +417,15 @@ class Client:
         store the findings, then the fixes linked by `finding_indexes`, and
         move the run to `status` with its results.
 
-        These are separate calls. When one fails after the crew output
-        exists, the run is moved to FAILED with the error as its message and
-        the original `grpc.RpcError` is raised. `complete_task` stores a
-        result in one transaction instead.
+        These are separate calls. When anything fails after the crew output
+        exists, including the final status update, the run is moved to
+        FAILED with the error as its message and the original exception
+        (usually a `grpc.RpcError`) is raised. An unknown `status` name or a
+        `finding_indexes` entry out of range raises before any call.
+        `complete_task` stores a result in one transaction instead.
         """
+        # Raises ValueError for an unknown name before the run exists.
+        final_status = _enum(crew_pb2.CrewOutputStatus, status)
         for position, fix in enumerate(fixes):
             for index in fix.finding_indexes:
                 if not 0 <= index < len(findings):
@@ -446,16 +450,19 @@ class Client:
                 )
                 for fix in fixes
             ]
-        except grpc.RpcError as error:
+            final = self.update_status(
+                crew_output.id, final_status, error_message=error_message, results=results
+            )
+        except Exception as error:
             self._mark_failed(crew_output.id, error)
             raise
-        final = self.update_status(
-            crew_output.id, status, error_message=error_message, results=results
-        )
         return RecordedRun(crew_output=final, findings=stored_findings, fixes=stored_fixes)
 
-    def _mark_failed(self, crew_output_id: int, error: grpc.RpcError) -> None:
-        message = f"recording the run failed: {error.code().name}: {error.details()}"
+    def _mark_failed(self, crew_output_id: int, error: Exception) -> None:
+        if isinstance(error, grpc.Call):
+            message = f"recording the run failed: {error.code().name}: {error.details()}"
+        else:
+            message = f"recording the run failed: {type(error).__name__}: {error}"
         try:
             self.update_status(
                 crew_output_id, crew_pb2.CREW_OUTPUT_STATUS_FAILED, error_message=message

@@ -14,6 +14,7 @@ import atexit
 import collections
 import logging
 import secrets
+import sys
 import threading
 import time
 from typing import Any
@@ -68,6 +69,17 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return encoded[:keep].decode("utf-8", errors="ignore") + marker
 
 
+def _is_retryable(error: Exception) -> bool:
+    """Return whether a batch that failed with `error` is sent again: after a
+    gRPC status in `RETRYABLE_CODES`, or after any exception that carries no
+    gRPC status, such as the RuntimeError of a thread that could not
+    start."""
+    code = getattr(error, "code", None)
+    if isinstance(error, grpc.RpcError) and callable(code):
+        return code() in RETRYABLE_CODES
+    return True
+
+
 def _python_level_name(record: logging.LogRecord) -> str:
     """Return the standard Python level name at or below the record's level,
     for custom levels whose names the server may not know."""
@@ -87,7 +99,9 @@ class CodeAnalyzerLogHandler(logging.Handler):
     seconds after the last send. A failed send with a code in
     `RETRYABLE_CODES` is repeated after a backoff that doubles from
     `retry_interval` up to `max_retry_interval` seconds. Each call waits for
-    the channel to connect, up to `send_timeout` seconds.
+    the channel to connect, up to `send_timeout` seconds. Any other
+    exception of a send is retried the same way, so the thread keeps
+    running.
 
     A record may carry `crew_name`, `crew_output_id` and a `metadata` dict
     through `extra=`; they override the handler's values. The entry's
@@ -98,9 +112,15 @@ class CodeAnalyzerLogHandler(logging.Handler):
     `duplicates` (entries it already had), `rejected` (entries it refused,
     with `last_rejection`), `discarded` (entries of batches that failed with
     a code that is not retried), `dropped` (entries pushed out of the full
-    queue or logged after `close`), and `last_error`. An entry counts as
-    dropped or discarded when no call confirmed it, but a call that failed
-    midway may still have stored some of its entries.
+    queue or logged after `close`), and `last_error` (the exception of the
+    last failed send). An entry counts as dropped or discarded when no call
+    confirmed it, but a call that failed midway may still have stored some
+    of its entries.
+
+    An `atexit` callback closes the handler, sending what is queued within
+    `close_timeout`, and writes a line to stderr if entries stay unsent.
+    It runs after the interpreter has joined the non-daemon threads, so
+    their last records are sent too.
     """
 
     def __init__(
@@ -149,7 +169,7 @@ class CodeAnalyzerLogHandler(logging.Handler):
         self.rejected = 0
         self.discarded = 0
         self.dropped = 0
-        self.last_error: grpc.RpcError | None = None
+        self.last_error: Exception | None = None
         self.last_rejection: log_pb2.RejectedEntry | None = None
 
         # Queue of (sequence number, entry); the sequence number is also the
@@ -169,6 +189,11 @@ class CodeAnalyzerLogHandler(logging.Handler):
         self._flush_requested = False
         self._stopping = False
         self._closed = False
+        # Set by the exit hook: a send that fails without a gRPC status then
+        # stops the thread instead of waiting to retry.
+        self._exiting = False
+        # False once the thread has returned; flush() stops waiting then.
+        self._running = True
 
         self._thread = threading.Thread(
             target=self._run, name="code-analyzer-log-handler", daemon=True
@@ -176,7 +201,7 @@ class CodeAnalyzerLogHandler(logging.Handler):
         self._thread.start()
         # logging.shutdown also closes handlers at exit, but it runs after
         # grpc's own exit hooks; this hook runs before them.
-        atexit.register(self.close)
+        atexit.register(self._close_at_exit)
 
     @property
     def pending(self) -> int:
@@ -214,7 +239,7 @@ class CodeAnalyzerLogHandler(logging.Handler):
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         with self._condition:
             target = self._next_sequence - 1
-            while self._queue and self._queue[0][0] <= target and self._thread.is_alive():
+            while self._queue and self._queue[0][0] <= target and self._running:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
@@ -238,8 +263,27 @@ class CodeAnalyzerLogHandler(logging.Handler):
             self._thread.join(1.0)
             if self._owns_channel:
                 self._channel.close()
-            atexit.unregister(self.close)
+            atexit.unregister(self._close_at_exit)
         super().close()
+
+    def _close_at_exit(self) -> None:
+        """Close the handler from `atexit`, and report on stderr what stays
+        unsent, because the program can no longer read `pending`."""
+        # NOTE: CPython 3.12.0 to 3.12.2 raise RuntimeError on a thread
+        # start once the interpreter begins to exit, even in
+        # threading._register_atexit callbacks, and grpc starts a thread for
+        # each IngestLogs call. There the queue is not sent at exit, so call
+        # close() before the program ends. CPython 3.12.3 (gh-113964) starts
+        # threads in atexit callbacks again.
+        self._exiting = True
+        self.close()
+        unsent = self.pending
+        if unsent:
+            print(
+                f"code_analyzer_client: {unsent} log entries not sent at exit "
+                f"to the code-analyzer server: {self.last_error!r}",
+                file=sys.stderr,
+            )
 
     def _entry(self, record: logging.LogRecord) -> log_pb2.NewLogEntry:
         level = record.levelname
@@ -282,15 +326,20 @@ class CodeAnalyzerLogHandler(logging.Handler):
             self.dropped += 1
 
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._condition:
+                    batch = self._wait_for_batch()
+                    if batch is None:
+                        return
+                    self._in_flight_through = batch[-1][0]
+                error = self._send([entry for _, entry in batch])
+                with self._condition:
+                    self._finish_batch(batch, error)
+                    self._condition.notify_all()
+        finally:
             with self._condition:
-                batch = self._wait_for_batch()
-                if batch is None:
-                    return
-                self._in_flight_through = batch[-1][0]
-            error = self._send([entry for _, entry in batch])
-            with self._condition:
-                self._finish_batch(batch, error)
+                self._running = False
                 self._condition.notify_all()
 
     def _wait_for_batch(self) -> list[tuple[int, log_pb2.NewLogEntry]] | None:
@@ -318,17 +367,20 @@ class CodeAnalyzerLogHandler(logging.Handler):
                 timeout = max(0.0, last_send + self.flush_interval - now) or self.flush_interval
             self._condition.wait(timeout)
 
-    def _send(self, entries: list[log_pb2.NewLogEntry]) -> grpc.RpcError | None:
-        """Send one batch; return the error of a failed call."""
-        messages = [
-            log_pb2.IngestLogsRequest(entries=entries[start : start + ENTRIES_PER_MESSAGE])
-            for start in range(0, len(entries), ENTRIES_PER_MESSAGE)
-        ]
+    def _send(self, entries: list[log_pb2.NewLogEntry]) -> Exception | None:
+        """Send one batch; return the exception of a failed send, which is
+        usually the `grpc.RpcError` of the call."""
         try:
+            messages = [
+                log_pb2.IngestLogsRequest(entries=entries[start : start + ENTRIES_PER_MESSAGE])
+                for start in range(0, len(entries), ENTRIES_PER_MESSAGE)
+            ]
             response = self._stub.IngestLogs(
                 iter(messages), timeout=self.send_timeout, wait_for_ready=True
             )
-        except grpc.RpcError as error:
+        except Exception as error:
+            # An exception that escaped here would end the thread, and the
+            # queue would never be sent.
             return error
         self.sent += response.accepted_count
         self.duplicates += response.duplicate_count
@@ -338,7 +390,7 @@ class CodeAnalyzerLogHandler(logging.Handler):
         return None
 
     def _finish_batch(
-        self, batch: list[tuple[int, log_pb2.NewLogEntry]], error: grpc.RpcError | None
+        self, batch: list[tuple[int, log_pb2.NewLogEntry]], error: Exception | None
     ) -> None:
         """Remove a sent or discarded batch from the queue, or schedule the
         next attempt. Called with the lock held."""
@@ -349,7 +401,13 @@ class CodeAnalyzerLogHandler(logging.Handler):
             self.last_error = error
             # Entries pushed out while the batch was in flight are lost.
             self.dropped += evicted
-            if error.code() in RETRYABLE_CODES:
+            if self._exiting and not isinstance(error, grpc.RpcError):
+                # At exit, an error without a gRPC status is most likely a
+                # thread that the interpreter could not start, and a retry
+                # would fail the same way. The batch stays in `pending`.
+                self._stopping = True
+                return
+            if _is_retryable(error):
                 self._retry_delay = min(
                     self.max_retry_interval, max(self.retry_interval, self._retry_delay * 2)
                 )

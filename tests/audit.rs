@@ -80,7 +80,7 @@ async fn change_everything(server: &mut TestServer) -> (i64, i64, i64) {
             id: finding.id,
             status: FindingStatus::Dismissed as i32,
             reason: "used in tests".to_string(),
-            ..Default::default()
+            dismiss_reason: pb::DismissReason::UsedInTests as i32,
         })
         .await
         .unwrap();

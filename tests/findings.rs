@@ -49,7 +49,11 @@ async fn update_status(
             id,
             status,
             reason: reason.to_string(),
-            ..Default::default()
+            dismiss_reason: if status == FindingStatus::Dismissed as i32 {
+                pb::DismissReason::UsedInTests as i32
+            } else {
+                0
+            },
         })
         .await
 }
@@ -1053,6 +1057,24 @@ async fn update_dismissed_requires_reason(mut server: TestServer) {
             "reason: is required when status is DISMISSED",
         );
     }
+
+    let status = expect_error(
+        server
+            .analysis
+            .update_finding(pb::UpdateFindingRequest {
+                id: stored[0].id,
+                status: FindingStatus::Dismissed as i32,
+                reason: "test fixture, not shipped".to_string(),
+                dismiss_reason: 0,
+            })
+            .await,
+    );
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "dismiss_reason: is required when status is DISMISSED: FALSE_POSITIVE, WONT_FIX or \
+         USED_IN_TESTS",
+    );
 
     let dismissed = update_status(
         &mut server,

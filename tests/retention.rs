@@ -205,7 +205,11 @@ async fn update_finding(server: &mut TestServer, id: i64, status: FindingStatus,
             id,
             status: status as i32,
             reason: reason.to_string(),
-            ..Default::default()
+            dismiss_reason: if status == FindingStatus::Dismissed {
+                pb::DismissReason::UsedInTests as i32
+            } else {
+                0
+            },
         })
         .await
         .expect("UpdateFinding failed");

@@ -411,7 +411,14 @@ impl AnalysisService for AnalysisApi {
 
         let dismiss_reason =
             validate::enum_value::<DismissReason>("dismiss_reason", request.dismiss_reason)?;
-        if dismiss_reason.is_some() && new_status != FindingStatus::Dismissed {
+        let dismissed = new_status == FindingStatus::Dismissed;
+        if dismissed && dismiss_reason.is_none() {
+            return Err(invalid_argument(
+                "dismiss_reason",
+                "is required when status is DISMISSED: FALSE_POSITIVE, WONT_FIX or USED_IN_TESTS",
+            ));
+        }
+        if !dismissed && dismiss_reason.is_some() {
             return Err(invalid_argument(
                 "dismiss_reason",
                 "is only valid with status DISMISSED",

@@ -272,7 +272,12 @@ def test_stubs_cover_calls_beyond_wrapper(client: Client) -> None:
     finding_id = run.findings[0].id
 
     updated = client.analysis.UpdateFinding(
-        analysis_pb2.UpdateFindingRequest(id=finding_id, status=common_pb2.FINDING_STATUS_DISMISSED, reason="test code"),
+        analysis_pb2.UpdateFindingRequest(
+            id=finding_id,
+            status=common_pb2.FINDING_STATUS_DISMISSED,
+            reason="test code",
+            dismiss_reason=common_pb2.DISMISS_REASON_USED_IN_TESTS,
+        ),
         timeout=10,
     )
 

@@ -188,6 +188,8 @@ async fn record_rejects_invalid_fields(mut server: TestServer) {
     let run = server.create_crew_output("fixer").await.id;
     let mut bad_status = fix_request(run, "lib/a.py", Vec::new());
     bad_status.status = 99;
+    let mut regressed = fix_request(run, "lib/a.py", Vec::new());
+    regressed.status = FixStatus::Regressed as i32;
     let mut long_description = fix_request(run, "lib/a.py", Vec::new());
     long_description.description = "d".repeat(64 * 1024 + 1);
     let mut deep_changes = fix_request(run, "lib/a.py", Vec::new());
@@ -203,6 +205,10 @@ async fn record_rejects_invalid_fields(mut server: TestServer) {
             "file_path:",
         ),
         (bad_status, "status: 99 is not a known value"),
+        (
+            regressed,
+            "status: FIX_STATUS_REGRESSED is set by the server",
+        ),
         (long_description, "description:"),
         (deep_changes, "changes: is nested deeper than 32 levels"),
         (
@@ -550,6 +556,23 @@ async fn update_rejects_invalid_fields(mut server: TestServer) {
                 ..Default::default()
             },
             "status: 12 is not a known value",
+        ),
+        (
+            pb::UpdateFixRequest {
+                id: fix.id,
+                status: FixStatus::Verified as i32,
+                ..Default::default()
+            },
+            "status: FIX_STATUS_VERIFIED is set by the server when a later run of the crew no \
+             longer reports the fix's findings, or reports one again",
+        ),
+        (
+            pb::UpdateFixRequest {
+                id: fix.id,
+                status: FixStatus::PrDraft as i32,
+                ..Default::default()
+            },
+            "status: FIX_STATUS_PR_DRAFT is set by DraftPullRequest",
         ),
         (
             pb::UpdateFixRequest {

@@ -40,7 +40,7 @@ pub(crate) fn new_fix_row(
     let file_path = validate::path(&field("file_path"), file_path)?;
     validate::limited(&field("description"), &description, MAX_TEXT_BYTES)?;
     let changes = validate::document(&field("changes"), changes, MAX_DOCUMENT_BYTES)?;
-    let status = validate::enum_value(&field("status"), status)?.unwrap_or(FixStatus::Proposed);
+    let status = settable_status(&field("status"), status)?.unwrap_or(FixStatus::Proposed);
     Ok(NewFixRow {
         crew_output_id,
         file_path,
@@ -50,6 +50,28 @@ pub(crate) fn new_fix_row(
         created_at: now,
         updated_at: now,
     })
+}
+
+/// Reads a fix status that a client may set. VERIFIED and REGRESSED are
+/// the server's verdict on later runs, and PR_DRAFT marks the drafts that
+/// DraftPullRequest stores, so a client cannot set them.
+fn settable_status(field: &str, status: i32) -> Result<Option<FixStatus>, Status> {
+    let status = validate::enum_value::<FixStatus>(field, status)?;
+    match status {
+        Some(FixStatus::Verified | FixStatus::Regressed) => Err(super::invalid_argument(
+            field,
+            format!(
+                "{} is set by the server when a later run of the crew no longer reports the \
+                 fix's findings, or reports one again",
+                status.unwrap().as_str_name()
+            ),
+        )),
+        Some(FixStatus::PrDraft) => Err(super::invalid_argument(
+            field,
+            "FIX_STATUS_PR_DRAFT is set by DraftPullRequest",
+        )),
+        _ => Ok(status),
+    }
 }
 
 fn finding_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
@@ -150,8 +172,7 @@ impl FixService for FixApi {
         let id = validate::id("id", request.id)?;
         validate::limited("description", &request.description, MAX_TEXT_BYTES)?;
         let changes = FixChanges {
-            status: validate::enum_value::<FixStatus>("status", request.status)?
-                .map(|status| status as i32),
+            status: settable_status("status", request.status)?.map(|status| status as i32),
             description: (!request.description.is_empty()).then_some(request.description),
             finding_ids: if request.replace_finding_ids {
                 Some(finding_ids("finding_ids", &request.finding_ids)?)

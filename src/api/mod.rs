@@ -75,6 +75,10 @@ fn database_status(error: DieselError) -> Status {
             tracing::info!(error = %error, "transaction conflicted with another one");
             Status::aborted("the transaction conflicted with another one; retry it")
         }
+        DieselError::DatabaseError(_, info) if is_deadlock(info.message()) => {
+            tracing::warn!(error = %error, "transaction ended to break a deadlock");
+            Status::aborted("the transaction conflicted with another one; retry it")
+        }
         DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
             tracing::error!(error = %error, "database connection closed");
             unavailable("the database connection was lost")
@@ -106,6 +110,7 @@ fn error_kind(error: &DieselError) -> Option<&'static str> {
         DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
             "serialization_failure"
         }
+        DieselError::DatabaseError(_, info) if is_deadlock(info.message()) => "deadlock",
         DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => "closed_connection",
         DieselError::DatabaseError(_, info) if is_statement_timeout(info.message()) => {
             "statement_timeout"
@@ -121,6 +126,14 @@ fn is_statement_timeout(message: &str) -> bool {
     message.contains("statement timeout")
 }
 
+/// PostgreSQL ends one transaction of a deadlock with SQLSTATE 40P01, which
+/// Diesel reports only through the message. Audited transactions lock in one
+/// order, so this is rare, and the client may retry like a serialization
+/// failure.
+fn is_deadlock(message: &str) -> bool {
+    message.starts_with("deadlock detected")
+}
+
 /// SQLite reports `SQLITE_BUSY` and `SQLITE_LOCKED` only through the message.
 fn is_sqlite_busy(message: &str) -> bool {
     message.contains("database is locked") || message.contains("database table is locked")
@@ -134,4 +147,43 @@ pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
         format!("{field}: {description}"),
         ErrorDetails::with_bad_request_violation(field, description),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> DieselError {
+        DieselError::DatabaseError(kind, Box::new(message.to_string()))
+    }
+
+    #[test]
+    fn conflicts_are_aborted() {
+        let deadlock = database_error(
+            DatabaseErrorKind::Unknown,
+            "deadlock detected\nDETAIL: Process 1 waits for ShareLock on transaction 2",
+        );
+        let serialization = database_error(
+            DatabaseErrorKind::SerializationFailure,
+            "could not serialize access due to concurrent update",
+        );
+        for error in [deadlock, serialization] {
+            let status = database_status(error);
+            assert_eq!(status.code(), tonic::Code::Aborted);
+            assert_eq!(
+                status.message(),
+                "the transaction conflicted with another one; retry it"
+            );
+        }
+    }
+
+    #[test]
+    fn other_errors_are_generic() {
+        let status = database_status(database_error(
+            DatabaseErrorKind::Unknown,
+            "relation \"log_entries\" does not exist",
+        ));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "internal database error");
+    }
 }

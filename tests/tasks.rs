@@ -778,6 +778,46 @@ fn large_result(findings: usize) -> pb::TaskResult {
 /// Kills the server between claim and completion, and during completion,
 /// and checks that a task is never done without its results, nor results
 /// stored without their task.
+/// Returns whether a write transaction of the server is open: on
+/// PostgreSQL, a session of the database holds a transaction-scoped
+/// advisory lock, which every audited transaction takes first; on SQLite,
+/// another connection cannot take the write lock.
+fn write_transaction_open(database: &TestDatabase) -> bool {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+    match database {
+        TestDatabase::Sqlite { path, .. } => {
+            // A fresh connection has no busy timeout, so a held lock fails
+            // at once.
+            let mut probe = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+            match probe.batch_execute("BEGIN IMMEDIATE; ROLLBACK;") {
+                Ok(()) => false,
+                Err(error) if error.to_string().contains("database is locked") => true,
+                Err(error) => panic!("cannot probe the write lock: {error}"),
+            }
+        }
+        TestDatabase::Postgres { .. } => {
+            database.query_text(
+                "SELECT CAST(count(*) AS TEXT) AS value FROM pg_locks l \
+                 JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted \
+                 AND a.datname = current_database()",
+            ) != "0"
+        }
+    }
+}
+
+/// When a round of `completion_is_atomic` kills the server.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// This long after the request was sent.
+    After(u64),
+    /// As soon as the completion's transaction is seen open.
+    InsideTransaction,
+    /// Not at all: the round waits for the response.
+    Never,
+}
+
 async fn completion_is_atomic(backend: Backend) {
     const FINDINGS: usize = 5_000;
     let Some(database) = TestDatabase::create(backend) else {
@@ -808,10 +848,19 @@ async fn completion_is_atomic(backend: Backend) {
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
 
-    // Killed while completing, after delays that land before, during and
-    // after the transaction; the last round is not killed before the
-    // response, so the task ends completed.
-    for delay_ms in [0u64, 20, 60, 150, 400, u64::MAX] {
+    // Killed while completing: once inside the open transaction, then
+    // after delays that land before, during and after it. The last round
+    // is not killed before the response, so the task ends completed.
+    let rounds = [
+        Kill::InsideTransaction,
+        Kill::After(0),
+        Kill::After(20),
+        Kill::After(60),
+        Kill::After(150),
+        Kill::After(400),
+        Kill::Never,
+    ];
+    for round in rounds {
         let server = ServeProcess::start(database.url(), &[]);
         let mut tasks = TaskServiceClient::new(server.channel().await);
         let claimed = claim(&mut tasks, "crash", "worker", 1, 5_000).await;
@@ -824,13 +873,28 @@ async fn completion_is_atomic(backend: Backend) {
             result: Some(large_result(FINDINGS)),
         };
         let completing = tokio::spawn(async move { tasks.complete_task(request).await });
-        if delay_ms == u64::MAX {
-            completing.await.unwrap().expect("completion failed");
-        } else {
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            let mut server = server;
-            server.kill();
-            let _ = completing.await;
+        let mut server = server;
+        match round {
+            Kill::Never => {
+                completing.await.unwrap().expect("completion failed");
+            }
+            Kill::After(delay_ms) => {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                server.kill();
+                let _ = completing.await;
+            }
+            Kill::InsideTransaction => {
+                let deadline = std::time::Instant::now() + common::WAIT_TIMEOUT;
+                while !write_transaction_open(&database) {
+                    assert!(
+                        !completing.is_finished() && std::time::Instant::now() < deadline,
+                        "the completion's transaction was never seen open"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                server.kill();
+                let _ = completing.await;
+            }
         }
 
         let state = database.query_text(&format!(
@@ -840,14 +904,17 @@ async fn completion_is_atomic(backend: Backend) {
         let runs = count("SELECT CAST(count(*) AS TEXT) AS value FROM crew_outputs");
         let findings = count("SELECT CAST(count(*) AS TEXT) AS value FROM code_analysis_results");
         let fixes = count("SELECT CAST(count(*) AS TEXT) AS value FROM error_handling_results");
-        eprintln!(
-            "killed {delay_ms} ms into completion: task state {state}, {findings} findings stored"
-        );
+        eprintln!("round {round:?}: task state {state}, {findings} findings stored");
+        if let Kill::InsideTransaction = round {
+            // Storing 5,000 findings keeps the transaction open far longer
+            // than the probe's millisecond, so the kill lands inside it.
+            assert_eq!(state, "2", "killed inside the transaction");
+        }
         if state == "3" {
             assert_eq!(
                 (runs, findings, fixes),
                 (1, FINDINGS as i64, 1),
-                "delay {delay_ms} ms"
+                "round {round:?}"
             );
             let linked = database.query_text(&format!(
                 "SELECT CAST(crew_output_id AS TEXT) AS value FROM tasks WHERE id = {}",
@@ -857,8 +924,8 @@ async fn completion_is_atomic(backend: Backend) {
             assert_eq!(linked, run);
             return;
         } else {
-            assert_eq!(state, "2", "delay {delay_ms} ms");
-            assert_eq!((runs, findings, fixes), (0, 0, 0), "delay {delay_ms} ms");
+            assert_eq!(state, "2", "round {round:?}");
+            assert_eq!((runs, findings, fixes), (0, 0, 0), "round {round:?}");
             // Release the lease of the killed round for the next claim.
             database.query_text(&format!(
                 "UPDATE tasks SET lease_expires_at = 0 WHERE id = {} RETURNING CAST(id AS TEXT) AS value",

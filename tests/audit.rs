@@ -9,7 +9,7 @@ use code_analyzer::pb;
 use code_analyzer::pb::audit_service_client::AuditServiceClient;
 use code_analyzer::pb::task_service_client::TaskServiceClient;
 use code_analyzer::pb::{CrewOutputStatus, FindingStatus, FixStatus};
-use common::{TestDatabase, TestServer, assert_status, expect_error};
+use common::{TestDatabase, TestServer, assert_status, expect_error, new_finding};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -328,6 +328,55 @@ async fn failed_change_writes_no_event(mut server: TestServer) {
     );
 }
 
+async fn resolved_finding_gets_own_event(mut server: TestServer) {
+    let first = server.create_crew_output("resolver").await;
+    let stored = server
+        .record_findings(
+            first.id,
+            vec![
+                new_finding("app.py", "S105", "hardcoded password"),
+                new_finding("app.py", "E501", "line too long"),
+            ],
+        )
+        .await;
+    set_status(&mut server, first.id, CrewOutputStatus::Succeeded)
+        .await
+        .unwrap();
+    let second = server.create_crew_output("resolver").await;
+    server
+        .record_findings(
+            second.id,
+            vec![new_finding("app.py", "S105", "hardcoded password")],
+        )
+        .await;
+    set_status(&mut server, second.id, CrewOutputStatus::Succeeded)
+        .await
+        .unwrap();
+
+    let resolved = stored.iter().find(|f| f.rule_id == "E501").unwrap();
+    let listed = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            record_type: "finding".to_string(),
+            record_id: resolved.id,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(listed.total_size, 1);
+    let event = &listed.events[0];
+    assert_eq!(event.action, "finding.fixed");
+    let before: serde_json::Value = serde_json::from_str(&event.before).unwrap();
+    let after: serde_json::Value = serde_json::from_str(&event.after).unwrap();
+    assert_eq!(before["status"], "FINDING_STATUS_OPEN");
+    assert_eq!(after["status"], "FINDING_STATUS_FIXED");
+    assert_eq!(
+        after["status_reason"],
+        format!("not reported by run {}", second.id)
+    );
+    assert!(verify(&server).await.intact);
+}
+
 async fn list_filters_and_pages(mut server: TestServer) {
     change_everything(&mut server).await;
     let by_action = events(
@@ -489,6 +538,7 @@ async fn removed_event_is_found(mut server: TestServer) {
 backend_tests! {
     changes_write_events,
     task_changes_write_events,
+    resolved_finding_gets_own_event,
     failed_change_writes_no_event,
     list_filters_and_pages,
     database_refuses_changed_events,

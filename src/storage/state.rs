@@ -262,28 +262,46 @@ fn mark_fixed(
 ) -> Result<(), StorageError> {
     let reason = format!("not reported by run {}", run.id);
     let now = now_micros();
+    let status_name = |status: i32| {
+        FindingStatus::try_from(status)
+            .map(|status| status.as_str_name())
+            .unwrap_or("")
+    };
     for chunk in resolved.chunks(IDS_PER_QUERY) {
-        let fixed: Vec<(i64, String)> = with_conn!(conn, c => {
-            diesel::update(
-                findings::table
-                    .filter(findings::id.eq_any(chunk))
-                    .filter(findings::status.ne(FindingStatus::Dismissed as i32)),
-            )
-            .set((
-                findings::status.eq(FindingStatus::Fixed as i32),
-                findings::status_reason.eq(&reason),
-                findings::revision.eq(findings::revision + 1),
-                findings::updated_at.eq(now),
-            ))
-            .returning((findings::id, findings::fingerprint))
-            .get_results(c)?
+        let changed = findings::table
+            .filter(findings::id.eq_any(chunk))
+            .filter(findings::status.ne(FindingStatus::Dismissed as i32));
+        // The statuses before the change, for the audit events.
+        let before: HashMap<i64, i32> = with_conn!(conn, c => {
+            changed
+                .clone()
+                .select((findings::id, findings::status))
+                .load::<(i64, i32)>(c)?
+                .into_iter()
+                .collect()
         });
-        let ids: Vec<i64> = fixed.iter().map(|(id, _)| *id).collect();
-        if !ids.is_empty() {
-            let after = serde_json::json!({ "status": "FINDING_STATUS_FIXED", "finding_ids": ids });
+        let fixed: Vec<(i64, String)> = with_conn!(conn, c => {
+            diesel::update(changed)
+                .set((
+                    findings::status.eq(FindingStatus::Fixed as i32),
+                    findings::status_reason.eq(&reason),
+                    findings::revision.eq(findings::revision + 1),
+                    findings::updated_at.eq(now),
+                ))
+                .returning((findings::id, findings::fingerprint))
+                .get_results(c)?
+        });
+        for (id, _) in &fixed {
+            let old = serde_json::json!({
+                "status": before.get(id).map_or("", |status| status_name(*status)),
+            });
+            let new = serde_json::json!({
+                "status": status_name(FindingStatus::Fixed as i32),
+                "status_reason": reason,
+            });
             audit::append(
                 conn,
-                Change::of("findings.fixed", "crew_output", run.id, None, Some(&after)),
+                Change::of("finding.fixed", "finding", *id, Some(&old), Some(&new)),
             )?;
         }
         for (id, fingerprint) in fixed {

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::fix::MAX_LINKED_FINDINGS;
 use super::paging::{self, DEFAULT_PAGE_SIZE, encode_token, list_page, page_request};
 use super::validate::{self, MAX_DOCUMENT_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_TEXT_BYTES};
 use super::{convert, invalid_argument, to_status};
@@ -143,15 +144,20 @@ fn run_imports(runs: Vec<ParsedRun>, options: &pb::ImportSarifOptions) -> Vec<Ru
             let mut fixes = Vec::new();
             for (index, finding) in run.findings.into_iter().enumerate() {
                 for fix in finding.fixes {
+                    // The fix's own result and the others it lists, as many as
+                    // RecordFix accepts.
+                    let mut others: Vec<usize> = fix
+                        .other_results
+                        .iter()
+                        .copied()
+                        .filter(|&other| other < result_count && other != index)
+                        .collect();
+                    others.sort_unstable();
+                    others.dedup();
+                    others.truncate(MAX_LINKED_FINDINGS - 1);
                     let mut addressed = vec![index];
-                    addressed.extend(
-                        fix.other_results
-                            .iter()
-                            .copied()
-                            .filter(|&other| other < result_count && other != index),
-                    );
+                    addressed.extend(others);
                     addressed.sort_unstable();
-                    addressed.dedup();
                     fixes.push((
                         addressed,
                         NewFixRow {

@@ -13,7 +13,7 @@ use crate::storage::models::NewFixRow;
 use crate::storage::{Storage, now_micros};
 
 /// Most findings one fix may link to.
-const MAX_LINKED_FINDINGS: usize = 10_000;
+pub(crate) const MAX_LINKED_FINDINGS: usize = 10_000;
 
 pub struct FixApi {
     storage: Storage,
@@ -58,14 +58,16 @@ pub(crate) fn new_fix_row(
 fn settable_status(field: &str, status: i32) -> Result<Option<FixStatus>, Status> {
     let status = validate::enum_value::<FixStatus>(field, status)?;
     match status {
-        Some(FixStatus::Verified | FixStatus::Regressed) => Err(super::invalid_argument(
-            field,
-            format!(
-                "{} is set by the server when a later run of the crew no longer reports the \
+        Some(verdict @ (FixStatus::Verified | FixStatus::Regressed)) => {
+            Err(super::invalid_argument(
+                field,
+                format!(
+                    "{} is set by the server when a later run of the crew no longer reports the \
                  fix's findings, or reports one again",
-                status.unwrap().as_str_name()
-            ),
-        )),
+                    verdict.as_str_name()
+                ),
+            ))
+        }
         Some(FixStatus::PrDraft) => Err(super::invalid_argument(
             field,
             "FIX_STATUS_PR_DRAFT is set by DraftPullRequest",

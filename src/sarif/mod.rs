@@ -281,8 +281,8 @@ fn clamp_position(value: Option<i64>) -> i32 {
 }
 
 /// Key in a fix's `properties` under which an export of this server lists
-/// the positions in the run's `results` of the other results the fix
-/// addresses; the fix itself sits under the first of them.
+/// the positions in the run's `results` of the results the fix addresses
+/// besides the one it sits under.
 pub const OTHER_RESULTS_PROPERTY: &str = "codeAnalyzer/otherResults";
 
 /// Reads `OTHER_RESULTS_PROPERTY` of a fix and returns the positions with

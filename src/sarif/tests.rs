@@ -176,3 +176,33 @@ fn relative_uri_with_base_stays_relative() {
     let runs = parse(log.as_bytes(), &options).unwrap();
     assert_eq!(runs[0].findings[0].file_path, "lib/my tools/a.py");
 }
+
+#[test]
+fn other_results_are_read_and_removed() {
+    let finding = parse_result_json(
+        r#"{"ruleId": "S105", "message": {"text": "password"},
+            "fixes": [
+              {"artifactChanges": [{"replacements": []}],
+               "properties": {"codeAnalyzer/otherResults": [2, "x", -1, 5], "team": "a"}},
+              {"artifactChanges": [{"replacements": []}],
+               "properties": {"codeAnalyzer/otherResults": "not a list"}},
+              {"artifactChanges": [{"replacements": []}]}
+            ]}"#,
+    );
+    let [listed, invalid, plain] = &finding.fixes[..] else {
+        panic!("expected three fixes");
+    };
+    assert_eq!(listed.other_results, [2, 5]);
+    let changes: serde_json::Value = serde_json::from_str(&listed.changes).unwrap();
+    assert_eq!(changes["properties"], serde_json::json!({"team": "a"}));
+
+    assert!(invalid.other_results.is_empty());
+    let changes: serde_json::Value = serde_json::from_str(&invalid.changes).unwrap();
+    assert!(changes.get("properties").is_none());
+
+    assert!(plain.other_results.is_empty());
+    assert_eq!(
+        plain.changes,
+        r#"{"artifactChanges": [{"replacements": []}]}"#
+    );
+}

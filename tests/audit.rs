@@ -379,6 +379,37 @@ async fn list_filters_and_pages(mut server: TestServer) {
     )
     .await;
     assert_eq!(by_actor.total_size, 0);
+    let anonymous = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            actor: "anonymous".to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        anonymous.total_size, 9,
+        "no tokens, so every event is anonymous"
+    );
+    let past = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            occurred_before: Some(common::time(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(past.total_size, 0);
+    let until_now = events(
+        &server,
+        pb::ListAuditEventsRequest {
+            occurred_before: Some(common::time(100 * 365 * 24 * 3_600)),
+            action: "crew_output.create".to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(until_now.total_size, 1);
     let future = events(
         &server,
         pb::ListAuditEventsRequest {

@@ -1,6 +1,6 @@
 //! The audit trail on both backends: every change writes an event in its
 //! own transaction, events list with filters and paging, the database
-//! refuses to change or delete an event, and an event tampered with or
+//! rejects changing or deleting an event, and an event tampered with or
 //! removed once those guards are dropped is found by VerifyAuditTrail.
 
 mod common;

@@ -24,14 +24,14 @@ const BINARY: &str = env!("CARGO_BIN_EXE_code-analyzer");
 const FIXTURE_LOGS: [&str; 4] = ["apache", "hdfs", "spark", "zookeeper"];
 
 /// A `code-analyzer serve` child process on a fresh database, with a
-/// temporary folder for the files its client commands read; dropping it
+/// temporary folder for the files its client commands read. Dropping it
 /// kills the process.
 struct ServeProcess {
     process: process::ServeProcess,
     /// `host:port` from the start-up line.
     address: String,
     folder: tempfile::TempDir,
-    /// Dropped after the process, which the fields above hold.
+    /// Dropped last, so after the process above is killed.
     _database: TestDatabase,
 }
 

@@ -576,7 +576,7 @@ fn typescript_example_reads_back_its_run() {
     }
 
     // Generates the types from the protos, then type-checks crew_run.ts and
-    // compiles it to dist/crew_run.js; a type error fails the build.
+    // compiles it to dist/crew_run.js. A type error fails the build.
     let mut build = Command::new("npm");
     build.args(["run", "build"]).current_dir(&example);
     let built = run_with_timeout(build, TYPESCRIPT_BUILD_TIMEOUT).expect("cannot run npm");

@@ -289,7 +289,7 @@ async fn export_writes_sarif_run(mut server: TestServer) {
 
     let exported = export(&server, original).await.unwrap();
     // ruff writes five fixes whose description has a null text, which the
-    // schema rejects; the export leaves those descriptions out.
+    // schema rejects, so the export leaves those descriptions out.
     assert_valid_sarif(&exported);
     let log: Value = serde_json::from_slice(&exported).expect("the export is not JSON");
 

@@ -274,9 +274,9 @@ async fn sqlite_connections_are_durable() {
         panic!("the storage of a SQLite URL has a SQLite pool");
     };
     // The bundled SQLite already defaults to synchronous=FULL (2) and
-    // foreign_keys=ON, so these two checks pin the values; the unit test
-    // `sqlite_pragmas_make_writes_durable` starts from the opposite values
-    // to show that the server sets them. The busy timeout, 0 by default,
+    // foreign_keys=ON, so these two checks only pin the values. The unit
+    // test `sqlite_pragmas_make_writes_durable` starts from the opposite
+    // values to show that the server sets them. The busy timeout, 0 by default,
     // shows that the pool's pragmas ran on this connection.
     let conn: &mut SqliteConnection = conn;
     assert_eq!(integer_pragma(conn, "synchronous", "synchronous"), 2);

@@ -327,7 +327,7 @@ async fn dedupe_key_returns_first_task(server: TestServer) {
     let third = third.task.unwrap();
     assert_ne!(third.id, first.task.unwrap().id);
 
-    // A leased task still holds its key; a cancelled one frees it.
+    // A leased task keeps its key, and a cancelled one frees it.
     claim(&mut tasks, "analysis", "w1", 1, 30_000).await;
     let again = tasks
         .enqueue_task(request.clone())
@@ -775,13 +775,10 @@ fn large_result(findings: usize) -> pb::TaskResult {
     }
 }
 
-/// Kills the server between claim and completion, and during completion,
-/// and checks that a task is never done without its results, nor results
-/// stored without their task.
-/// Returns whether a write transaction of the server is open: on
-/// PostgreSQL, a session of the database holds a transaction-scoped
-/// advisory lock, which every audited transaction takes first; on SQLite,
-/// another connection cannot take the write lock.
+/// Returns whether a write transaction of the server is open. On
+/// PostgreSQL, a session of the database then holds a transaction-scoped
+/// advisory lock, because every audited transaction takes one first. On
+/// SQLite, another connection then cannot take the write lock.
 fn write_transaction_open(database: &TestDatabase) -> bool {
     use diesel::connection::SimpleConnection;
     use diesel::{Connection, SqliteConnection};
@@ -818,6 +815,9 @@ enum Kill {
     Never,
 }
 
+/// Kills the server between claim and completion, and during completion,
+/// and checks that a task is never done without its results, nor results
+/// stored without their task.
 async fn completion_is_atomic(backend: Backend) {
     const FINDINGS: usize = 5_000;
     let Some(database) = TestDatabase::create(backend) else {
@@ -884,11 +884,18 @@ async fn completion_is_atomic(backend: Backend) {
                 let _ = completing.await;
             }
             Kill::InsideTransaction => {
+                // Unlike common::wait_until, this polls every millisecond
+                // and stops once the completion has ended without being seen.
                 let deadline = std::time::Instant::now() + common::WAIT_TIMEOUT;
                 while !write_transaction_open(&database) {
                     assert!(
-                        !completing.is_finished() && std::time::Instant::now() < deadline,
-                        "the completion's transaction was never seen open"
+                        !completing.is_finished(),
+                        "the completion ended before its transaction was seen open"
+                    );
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the completion's transaction was not seen open within {:?}",
+                        common::WAIT_TIMEOUT
                     );
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }

@@ -64,8 +64,8 @@ function loadServices(): Services {
     oneofs: true,
     includeDirs: [PROTO_ROOT],
   });
-  // loadPackageDefinition returns an untyped tree; the generated types
-  // describe it for the options above.
+  // loadPackageDefinition returns an untyped tree, which the generated
+  // types describe for the options above.
   const tree = grpc.loadPackageDefinition(definition) as unknown as AnalysisProto & CrewProto & FixProto & LogProto;
   return tree.code_analyzer.v1;
 }
@@ -87,8 +87,8 @@ function toStruct(object: JsonObject): Struct {
 
 /**
  * Converts a google.protobuf.Value back to plain JSON. Values read from the
- * server name their set member in `kind` (the loader runs with
- * `oneofs: true`); values built by toValue have only the member.
+ * server name their set member in `kind`, because the loader runs with
+ * `oneofs: true`. Values built by toValue have only the member.
  */
 function fromValue(value: Value): unknown {
   const kind = value.kind ?? Object.keys(value).find((key) => key.endsWith("Value"));
@@ -121,7 +121,7 @@ function toTimestamp(date: Date): Timestamp {
   return { seconds: String(Math.floor(millis / 1000)), nanos: (millis % 1000) * 1_000_000 };
 }
 
-/** Mismatches found so far; any of them makes the exit code 1. */
+/** Mismatches found so far. Any of them makes the exit code 1. */
 const mismatches: string[] = [];
 
 /**
@@ -387,7 +387,7 @@ async function main(): Promise<void> {
     ["tool failed", "retrying tool call"],
   );
 
-  // The file may have records of earlier runs; count this run's events.
+  // The file may have records of earlier runs, so count this run's events.
   const history = await unary<GetFileHistoryResponse__Output>((callback) =>
     analysis.GetFileHistory({ file_path: "src/app.py", page_size: 1000 }, callMetadata(), callOptions(), callback),
   );

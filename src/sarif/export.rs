@@ -255,7 +255,7 @@ impl SarifExport {
                 change.insert("artifactLocation".into(), artifact_location(&path));
             }
         }
-        // A SARIF message needs a text or id string; ruff writes
+        // A SARIF message needs a text or id string, but ruff writes
         // `{"text": null}` for fixes without a title.
         let readable = object.get("description").is_some_and(|description| {
             description["text"].is_string() || description["id"].is_string()

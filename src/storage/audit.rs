@@ -181,7 +181,7 @@ pub fn transaction<T>(
 }
 
 /// Takes the chain's advisory lock on PostgreSQL until the transaction
-/// ends; taking it again in the same transaction returns at once.
+/// ends. Taking it again in the same transaction returns at once.
 fn lock_chain(conn: &mut Conn) -> Result<(), StorageError> {
     if let Conn::Postgres(c) = conn {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
@@ -191,7 +191,7 @@ fn lock_chain(conn: &mut Conn) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Appends one event; call it inside the transaction of the change, which
+/// Appends one event. Call it inside the transaction of the change, which
 /// `transaction` opens.
 pub fn append(conn: &mut Conn, change: Change<'_>) -> Result<(), StorageError> {
     lock_chain(conn)?;

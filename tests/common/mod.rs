@@ -677,15 +677,15 @@ pub fn nested_struct(depth: usize) -> Struct {
 /// Maximum time `wait_until` waits before it fails the test.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Polls `condition` every 20 ms until it holds, for states that another
+/// Polls `condition` every 20 ms until it is true, for states that another
 /// thread or process reaches later, such as a log line or a database
-/// session. Fails the test with `what` after `WAIT_TIMEOUT`.
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+/// session. Fails the test, naming `awaited`, after `WAIT_TIMEOUT`.
+pub async fn wait_until(awaited: &str, mut condition: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + WAIT_TIMEOUT;
     while !condition() {
         assert!(
             std::time::Instant::now() < deadline,
-            "timed out after {WAIT_TIMEOUT:?} waiting for {what}"
+            "timed out after {WAIT_TIMEOUT:?} waiting for {awaited}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

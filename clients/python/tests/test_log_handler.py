@@ -162,7 +162,7 @@ class LostResponse(grpc.RpcError):
 
 
 class FailOnceStub:
-    """Wraps a LogService stub; the first IngestLogs call raises an error
+    """Wraps a LogService stub whose first IngestLogs call raises an error
     that carries no gRPC status."""
 
     def __init__(self, stub: object) -> None:
@@ -339,7 +339,7 @@ def test_queue_sent_at_interpreter_exit(server: ServerProcess) -> None:
             time.sleep(0.5)
             logging.warning("record of a non-daemon thread")
 
-        # The main thread ends first; the interpreter joins this thread
+        # The main thread ends first, and the interpreter joins this thread
         # before it runs the exit hook.
         threading.Thread(target=log_late).start()
         # No flush or close: the exit hook sends the queue.

@@ -192,7 +192,7 @@ class CodeAnalyzerLogHandler(logging.Handler):
         # Set by the exit hook: a send that fails without a gRPC status then
         # stops the thread instead of waiting to retry.
         self._exiting = False
-        # False once the thread has returned; flush() stops waiting then.
+        # False once the thread has returned, so flush() stops waiting.
         self._running = True
 
         self._thread = threading.Thread(
@@ -368,8 +368,8 @@ class CodeAnalyzerLogHandler(logging.Handler):
             self._condition.wait(timeout)
 
     def _send(self, entries: list[log_pb2.NewLogEntry]) -> Exception | None:
-        """Send one batch; return the exception of a failed send, which is
-        usually the `grpc.RpcError` of the call."""
+        """Send one batch and return the exception of a failed send, which
+        is usually the `grpc.RpcError` of the call."""
         try:
             messages = [
                 log_pb2.IngestLogsRequest(entries=entries[start : start + ENTRIES_PER_MESSAGE])
